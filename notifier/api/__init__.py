@@ -1,0 +1,1 @@
+"""The REST API: Litestar on uvicorn, msgspec models, problem+json errors."""

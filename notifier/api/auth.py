@@ -1,0 +1,52 @@
+"""Bearer API keys: every route but health, readiness and metrics needs ``Authorization: Bearer <key>``."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+class ApiKeyMiddleware(ASGIMiddleware):
+    scopes = (ScopeType.HTTP,)
+    exclude_path_pattern = tuple(f"^{p}$" for p in PUBLIC_PATHS)
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = [key.encode() for key in keys]
+
+    def authorized(self, scope: Scope) -> bool:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() != b"bearer":
+                    return False
+                token = token.strip()
+                # compare_digest against every key, so timing does not tell which prefix matched
+                return any([hmac.compare_digest(token, key) for key in self.keys])
+        return False
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if self.authorized(scope):
+            await next_app(scope, receive, send)
+            return
+        body = (
+            b'{"type":"urn:notifier:problem:unauthorized","title":"Unauthorized","status":401,'
+            b'"detail":"send Authorization: Bearer <API key>"}'
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/problem+json"),
+                    (b"www-authenticate", b'Bearer realm="notifier"'),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,34 @@
+"""``/healthz`` (the process is alive) and ``/readyz`` (PostgreSQL and Redis answer)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from litestar import Response, get
+from litestar.datastructures import State
+
+from notifier.api.schemas import Health
+
+
+@get("/healthz", summary="Liveness", tags=["health"])
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@get("/readyz", summary="Readiness: PostgreSQL and Redis reachable", tags=["health"])
+async def readyz(state: State) -> Response[Health]:
+    checks: dict[str, str] = {}
+
+    async def check(name: str, probe: asyncio.Future[object] | object) -> None:
+        try:
+            await asyncio.wait_for(probe, timeout=2)  # type: ignore[arg-type]
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"unavailable: {type(exc).__name__}"
+
+    await asyncio.gather(
+        check("postgresql", state.notifications.ready()),
+        check("redis", state.redis.ping()),
+    )
+    ok = all(v == "ok" for v in checks.values())
+    return Response(Health(status="ok" if ok else "unavailable", checks=checks), status_code=200 if ok else 503)

@@ -1,0 +1,76 @@
+"""``/notify`` and ``/notifications``: accept, list, show and cancel notifications."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from litestar import Controller, Response, get, post
+from litestar.params import Parameter
+
+from notifier.api.schemas import NotificationOut, NotificationPage, NotifyRequest, decode_cursor, encode_cursor
+from notifier.domain import Channel, Status
+from notifier.errors import InvalidNotification
+from notifier.services import Notifications
+from notifier.store.notifications import Filters
+
+MAX_PAGE = 200
+
+
+class NotificationController(Controller):
+    tags = ["notifications"]
+
+    @post("/notify", status_code=202, summary="Accept a notification")
+    async def notify(
+        self,
+        data: NotifyRequest,
+        service: Notifications,
+        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", required=False)] = None,
+    ) -> Response[NotificationOut]:
+        """Store the notification durably, then queue it for delivery (now, or at ``send_at``).
+
+        Repeating a request with the same idempotency key (body field or ``Idempotency-Key``
+        header) answers with the original notification and sends nothing again; the same key
+        with a different request is a 409.
+        """
+        accepted = await service.accept(data.to_domain(idempotency_key))
+        headers = {"Location": f"/notifications/{accepted.notification.id}"}
+        if not accepted.created:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(NotificationOut.of(accepted.notification), status_code=202, headers=headers)
+
+    @get("/notifications", summary="List notifications, newest first")
+    async def list_notifications(
+        self,
+        service: Notifications,
+        status: Status | None = None,
+        channel: Channel | None = None,
+        recipient: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE)] = 50,
+    ) -> NotificationPage:
+        """Keyset pagination: pass the previous page's ``next_cursor`` as ``cursor``."""
+        for name, value in (("created_after", created_after), ("created_before", created_before)):
+            if value is not None and value.tzinfo is None:
+                raise InvalidNotification(name, "must carry a UTC offset (RFC 3339)")
+        filters = Filters(status, channel, recipient, created_after, created_before)
+        after = decode_cursor(cursor) if cursor else None
+        rows = await service.page(filters, after=after, limit=limit + 1)
+        items, more = rows[:limit], len(rows) > limit
+        return NotificationPage(
+            items=[NotificationOut.of(n) for n in items],
+            next_cursor=encode_cursor(items[-1]) if more else None,
+        )
+
+    @get("/notifications/{notification_id:uuid}", summary="Show a notification and its attempts")
+    async def show(self, notification_id: uuid.UUID, service: Notifications) -> NotificationOut:
+        notification = await service.get(notification_id)
+        return NotificationOut.of(notification, await service.attempts(notification_id))
+
+    @post("/notifications/{notification_id:uuid}/cancel", status_code=200, summary="Cancel a notification")
+    async def cancel(self, notification_id: uuid.UUID, service: Notifications) -> NotificationOut:
+        """Allowed while ``scheduled``, ``queued`` or ``retrying``; 409 once sending or finished."""
+        return NotificationOut.of(await service.cancel(notification_id))

@@ -1,0 +1,109 @@
+"""Request and response bodies (msgspec). Limits here are the API's documented size bounds."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from notifier import domain
+from notifier.domain import Attempt, Channel, Status
+from notifier.errors import InvalidNotification
+
+Recipient = Annotated[str, msgspec.Meta(min_length=1, max_length=domain.MAX_RECIPIENT_LENGTH)]
+Subject = Annotated[str, msgspec.Meta(max_length=domain.MAX_SUBJECT_LENGTH)]
+Body = Annotated[str, msgspec.Meta(min_length=1, max_length=domain.MAX_BODY_LENGTH)]
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=domain.MAX_IDEMPOTENCY_KEY_LENGTH)]
+
+
+class NotifyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A notification to send now, or at ``send_at``."""
+
+    channel: Channel
+    recipient: Recipient
+    body: Body
+    subject: Subject | None = None
+    send_at: datetime | None = None
+    metadata: dict[str, Any] = {}
+    idempotency_key: IdempotencyKey | None = None
+
+    def to_domain(self, header_key: str | None) -> domain.NewNotification:
+        key = self.idempotency_key
+        if header_key is not None:
+            if key is not None and key != header_key:
+                raise InvalidNotification("idempotency_key", "differs from the Idempotency-Key header")
+            if len(header_key) > domain.MAX_IDEMPOTENCY_KEY_LENGTH or not header_key:
+                raise InvalidNotification(
+                    "Idempotency-Key", f"must be 1 to {domain.MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+                )
+            key = header_key
+        return domain.NewNotification(
+            channel=self.channel,
+            recipient=self.recipient,
+            subject=self.subject,
+            body=self.body,
+            send_at=self.send_at,
+            metadata=self.metadata,
+            idempotency_key=key,
+        )
+
+
+class AttemptOut(msgspec.Struct, kw_only=True):
+    number: int
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    error: str | None
+    provider_message_id: str | None
+
+
+class NotificationOut(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    channel: Channel
+    recipient: str
+    subject: str | None
+    body: str
+    metadata: dict[str, Any]
+    send_at: datetime | None
+    status: Status
+    attempts: int
+    last_error: str | None
+    idempotency_key: str | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+    delivery_attempts: list[AttemptOut] | msgspec.UnsetType = msgspec.UNSET
+
+    @classmethod
+    def of(cls, n: domain.Notification, attempts: list[Attempt] | None = None) -> NotificationOut:
+        out = cls(**msgspec.structs.asdict(n))
+        if attempts is not None:
+            out.delivery_attempts = [AttemptOut(**msgspec.structs.asdict(a)) for a in attempts]
+        return out
+
+
+class NotificationPage(msgspec.Struct, kw_only=True):
+    items: list[NotificationOut]
+    next_cursor: str | None
+    """Pass as ``cursor`` for the next (older) page; ``null`` on the last page."""
+
+
+def encode_cursor(n: domain.Notification) -> str:
+    raw = msgspec.json.encode([n.created_at, n.id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return msgspec.json.decode(raw, type=tuple[datetime, uuid.UUID])
+    except (ValueError, msgspec.DecodeError):
+        raise InvalidNotification("cursor", "is not a cursor this API returned") from None
+
+
+class Health(msgspec.Struct):
+    status: str
+    checks: dict[str, str] = {}

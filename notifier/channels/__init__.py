@@ -1,0 +1,37 @@
+"""Delivery channels, one module each, all behind :class:`notifier.channels.base.Channel`."""
+
+from __future__ import annotations
+
+from notifier.channels.base import Channel as ChannelImpl
+from notifier.domain import Channel
+from notifier.settings import Settings, SmtpServer
+
+
+def configured(settings: Settings) -> frozenset[Channel]:
+    """The channels this deployment can deliver on: log and webhook always, email and SMS when set up."""
+    enabled = {Channel.LOG, Channel.WEBHOOK}
+    if settings.smtp.url:
+        enabled.add(Channel.EMAIL)
+    if settings.sms.base_url:
+        enabled.add(Channel.SMS)
+    return frozenset(enabled)
+
+
+def build(settings: Settings) -> dict[Channel, ChannelImpl]:
+    """One instance of each configured channel, shared by a worker process's threads."""
+    from notifier.channels.email import EmailChannel
+    from notifier.channels.log import LogChannel
+    from notifier.channels.sms import SmsChannel
+    from notifier.channels.webhook import WebhookChannel
+
+    timeout = settings.delivery.timeout
+    built: dict[Channel, ChannelImpl] = {
+        Channel.LOG: LogChannel(),
+        Channel.WEBHOOK: WebhookChannel(settings.webhook.secret, timeout=timeout),
+    }
+    if settings.smtp.url:
+        built[Channel.EMAIL] = EmailChannel(SmtpServer.parse(settings.smtp.url), settings.smtp.sender, timeout=timeout)
+    if settings.sms.base_url:
+        sms = settings.sms
+        built[Channel.SMS] = SmsChannel(sms.base_url, sms.account_sid, sms.auth_token, sms.sender, timeout=timeout)
+    return built

@@ -1,0 +1,188 @@
+"""The composition root: ``notifier api | worker | migrate | dev | settings``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from notifier import settings as settings_module
+from notifier.errors import ConfigurationError
+from notifier.observability import configure_logging
+
+logger = logging.getLogger("notifier.cli")
+
+DRAIN_TIMEOUT_MS = 30_000
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="notifier",
+        description="Self-hosted notification service. Every setting is a NOTIFIER_* variable: "
+        "`notifier settings` lists them.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    api = commands.add_parser("api", help="serve the REST API", description="Serve the REST API with uvicorn.")
+    api.add_argument("--host", help="address to bind (default: NOTIFIER_API_HOST)")
+    api.add_argument("--port", type=int, help="port to bind (default: NOTIFIER_API_PORT)")
+    api.set_defaults(run=run_api)
+
+    worker = commands.add_parser(
+        "worker", help="deliver notifications", description="Run Dramatiq worker processes that deliver notifications."
+    )
+    worker.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
+    worker.add_argument("--threads", type=int, default=8, help="threads per process (default: 8)")
+    worker.set_defaults(run=run_worker)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply database migrations",
+        description="Apply pending migrations to NOTIFIER_DATABASE_URL; safe to run from several places at once.",
+    )
+    migrate.set_defaults(run=run_migrate)
+
+    dev = commands.add_parser(
+        "dev",
+        help="run everything locally",
+        description="Run the API and a worker for local use. Without NOTIFIER_DATABASE_URL / NOTIFIER_REDIS_URL, "
+        "start an embedded PostgreSQL and Redis that keep their data under --data-dir.",
+    )
+    dev.add_argument(
+        "--data-dir", type=Path, default=Path(".notifier"), help="where embedded data lives (default: .notifier)"
+    )
+    dev.add_argument("--host", default="127.0.0.1", help="API address (default: 127.0.0.1)")
+    dev.add_argument("--port", type=int, default=8000, help="API port (default: 8000)")
+    dev.set_defaults(run=run_dev)
+
+    table = commands.add_parser("settings", help="print the NOTIFIER_* variables as a Markdown table")
+    table.set_defaults(run=run_settings)
+
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except ConfigurationError as exc:
+        sys.exit(f"notifier: configuration error: {exc}")
+
+
+def run_api(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from notifier.api.app import create_app
+
+    settings = settings_module.load()
+    if not settings.api.keys and not settings.auth.disabled:
+        raise ConfigurationError(
+            "NOTIFIER_API_KEYS is empty: set API keys, or NOTIFIER_AUTH_DISABLED=true to run without authentication"
+        )
+    configure_logging(settings.log.level)
+    if settings.auth.disabled and not settings.api.keys:
+        logger.warning("authentication is disabled (NOTIFIER_AUTH_DISABLED=true)")
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.api.host,
+        port=settings.api.port if args.port is None else args.port,
+        log_config=None,
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    from dramatiq.cli import main as dramatiq_main
+    from dramatiq.cli import make_argument_parser
+
+    settings_module.load()  # fail here, once, rather than in every forked process
+    dramatiq_args = make_argument_parser().parse_args(
+        [
+            "notifier.worker.actors",
+            "--processes",
+            str(args.processes),
+            "--threads",
+            str(args.threads),
+            "--skip-logging",
+            "--worker-shutdown-timeout",
+            str(DRAIN_TIMEOUT_MS),
+        ]
+    )
+    sys.exit(dramatiq_main(dramatiq_args))
+
+
+def run_migrate(args: argparse.Namespace) -> None:
+    from notifier.store.schema import migrate
+
+    migrate(settings_module.load_database().url)
+
+
+def run_settings(args: argparse.Namespace) -> None:
+    print("| Variable | Type | Default | Meaning |")
+    print("|---|---|---|---|")
+    for row in settings_module.describe():
+        print(f"| `{row.env}` | {row.type} | {row.default} | {row.description} |")
+
+
+def run_dev(args: argparse.Namespace) -> None:
+    from notifier.dev import EmbeddedServices
+
+    data_dir: Path = args.data_dir.resolve()
+    env = dict(os.environ)
+    with EmbeddedServices(data_dir) as services:
+        if "NOTIFIER_DATABASE_URL" not in env:
+            env["NOTIFIER_DATABASE_URL"] = services.postgres()
+        if "NOTIFIER_REDIS_URL" not in env:
+            env["NOTIFIER_REDIS_URL"] = services.redis()
+        if not env.get("NOTIFIER_API_KEYS"):
+            env.setdefault("NOTIFIER_AUTH_DISABLED", "true")
+        settings_module.load(env)
+        from notifier.store.schema import migrate
+
+        migrate(env["NOTIFIER_DATABASE_URL"])
+        _serve_dev(args, env, data_dir)
+
+
+def _serve_dev(args: argparse.Namespace, env: dict[str, str], data_dir: Path) -> None:
+    base = f"http://{args.host}:{args.port}"
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "notifier", "api", "--host", args.host, "--port", str(args.port)], env=env
+        ),
+        subprocess.Popen([sys.executable, "-m", "notifier", "worker", "--processes", "1", "--threads", "4"], env=env),
+    ]
+    print(
+        f"\nnotifier dev is running\n"
+        f"  API        {base}\n"
+        f"  API docs   {base}/schema   (OpenAPI: {base}/schema/openapi.json)\n"
+        f"  queues     {base}/dramatiq\n"
+        f"  data       {data_dir}\n"
+        f"  database   {env['NOTIFIER_DATABASE_URL']}\n"
+        f"  redis      {env['NOTIFIER_REDIS_URL']}\n"
+        f"Stop with Ctrl-C; the data stays for the next start.\n",
+        flush=True,
+    )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.2)
+        logger.error("a notifier dev process exited; stopping the others")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=DRAIN_TIMEOUT_MS / 1000 + 5)
+            except subprocess.TimeoutExpired:
+                child.kill()

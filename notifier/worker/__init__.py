@@ -1,0 +1,1 @@
+"""Dramatiq: the broker (configured once, first), the actors, and periodic work."""
