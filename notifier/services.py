@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import anyio.to_thread
-from psycopg_pool import ConnectionPool
 
 from notifier.channels.base import Channel as ChannelImpl
 from notifier.domain import Attempt, Channel, NewNotification, Notification, Status, sources, validate
@@ -32,6 +31,7 @@ from notifier.settings import Settings
 from notifier.store import delivery as delivery_store
 from notifier.store import notifications as store
 from notifier.store import outbox
+from notifier.store.tables import NotificationTable
 
 logger = logging.getLogger("notifier.services")
 
@@ -131,7 +131,7 @@ class Notifications:
         """Enqueue what PostgreSQL holds and Redis does not; returns how many were enqueued."""
         current = now()
         settings = self.settings
-        engine = store.NotificationTable._meta.db
+        engine = NotificationTable._meta.db
         async with engine.transaction():
             due = await outbox.take_due(
                 now=current,
@@ -190,7 +190,7 @@ class Dispatcher:
     attempt. A permanent failure, or the last attempt, marks it ``failed`` and returns.
     """
 
-    def __init__(self, settings: Settings, pool: ConnectionPool, channels: dict[Channel, ChannelImpl]) -> None:
+    def __init__(self, settings: Settings, pool: delivery_store.Pool, channels: dict[Channel, ChannelImpl]) -> None:
         self.settings = settings
         self.pool = pool
         self.channels = channels

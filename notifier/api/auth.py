@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
 
@@ -38,15 +38,15 @@ class ApiKeyMiddleware(ASGIMiddleware):
             b'{"type":"urn:notifier:problem:unauthorized","title":"Unauthorized","status":401,'
             b'"detail":"send Authorization: Bearer <API key>"}'
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/problem+json"),
-                    (b"www-authenticate", b'Bearer realm="notifier"'),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"www-authenticate", b'Bearer realm="notifier"'),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+        await send(start)
+        end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+        await send(end)

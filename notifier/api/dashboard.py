@@ -18,7 +18,7 @@ PREFIX = "/dramatiq"
 
 
 def dashboard(broker: RedisBroker) -> ASGIRouteHandler:
-    wsgi: Any = WSGIMiddleware(DashboardApp(broker=broker, prefix=PREFIX))  # type: ignore[arg-type]
+    wsgi: Any = WSGIMiddleware(DashboardApp(broker=broker, prefix=PREFIX))
 
     @asgi(PREFIX, is_mount=True, copy_scope=True, include_in_schema=False)
     async def dramatiq_dashboard(scope: Scope, receive: Receive, send: Send) -> None:

@@ -37,6 +37,8 @@ UNAVAILABLE = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.OperatorInterventionError,  # the server is shutting down or terminated the connection
+    asyncpg.InternalClientError,  # what a connection killed mid-statement can surface as
     redis.ConnectionError,
     redis.TimeoutError,
 )

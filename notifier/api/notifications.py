@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import Annotated
 
 from litestar import Controller, Response, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from notifier.api.schemas import NotificationOut, NotificationPage, NotifyRequest, decode_cursor, encode_cursor
 from notifier.domain import Channel, Status
@@ -24,9 +25,9 @@ class NotificationController(Controller):
     @post("/notify", status_code=202, summary="Accept a notification")
     async def notify(
         self,
-        data: NotifyRequest,
-        service: Notifications,
-        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key", required=False)] = None,
+        data: JSONBody[NotifyRequest],
+        service: NamedDependency[Notifications],
+        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", required=False)] = None,
     ) -> Response[NotificationOut]:
         """Store the notification durably, then queue it for delivery (now, or at ``send_at``).
 
@@ -43,14 +44,14 @@ class NotificationController(Controller):
     @get("/notifications", summary="List notifications, newest first")
     async def list_notifications(
         self,
-        service: Notifications,
-        status: Status | None = None,
-        channel: Channel | None = None,
-        recipient: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        cursor: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE)] = 50,
+        service: NamedDependency[Notifications],
+        status: FromQuery[Status | None] = None,
+        channel: FromQuery[Channel | None] = None,
+        recipient: FromQuery[str | None] = None,
+        created_after: FromQuery[datetime | None] = None,
+        created_before: FromQuery[datetime | None] = None,
+        cursor: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 50,
     ) -> NotificationPage:
         """Keyset pagination: pass the previous page's ``next_cursor`` as ``cursor``."""
         for name, value in (("created_after", created_after), ("created_before", created_before)):
@@ -66,11 +67,15 @@ class NotificationController(Controller):
         )
 
     @get("/notifications/{notification_id:uuid}", summary="Show a notification and its attempts")
-    async def show(self, notification_id: uuid.UUID, service: Notifications) -> NotificationOut:
+    async def show(
+        self, notification_id: FromPath[uuid.UUID], service: NamedDependency[Notifications]
+    ) -> NotificationOut:
         notification = await service.get(notification_id)
         return NotificationOut.of(notification, await service.attempts(notification_id))
 
     @post("/notifications/{notification_id:uuid}/cancel", status_code=200, summary="Cancel a notification")
-    async def cancel(self, notification_id: uuid.UUID, service: Notifications) -> NotificationOut:
+    async def cancel(
+        self, notification_id: FromPath[uuid.UUID], service: NamedDependency[Notifications]
+    ) -> NotificationOut:
         """Allowed while ``scheduled``, ``queued`` or ``retrying``; 409 once sending or finished."""
         return NotificationOut.of(await service.cancel(notification_id))

@@ -13,11 +13,14 @@ from notifier.settings import SmtpServer
 
 
 class EmailChannel:
-    def __init__(self, server: SmtpServer, sender: str, *, timeout: float) -> None:
+    def __init__(
+        self, server: SmtpServer, sender: str, *, timeout: float, tls_context: ssl.SSLContext | None = None
+    ) -> None:
         self.server = server
         self.sender = sender
         self.timeout = timeout
-        self._tls = ssl.create_default_context()
+        # The system's trust store unless told otherwise (tests pass a context trusting their own CA).
+        self._tls = tls_context if tls_context is not None else ssl.create_default_context()
 
     def message(self, notification: Notification) -> EmailMessage:
         msg = EmailMessage()

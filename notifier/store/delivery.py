@@ -9,10 +9,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from psycopg.rows import dict_row
+from psycopg import Connection
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from notifier.domain import Channel, Notification, Status, sources
+
+Pool = ConnectionPool[Connection[DictRow]]
 
 _CLAIMABLE = [s.value for s in sources(Status.SENDING)]
 
@@ -46,9 +49,14 @@ WHERE notification = (SELECT id FROM updated) AND number = %(number)s
 """
 
 
-def open_pool(database_url: str, *, size: int) -> ConnectionPool:
-    pool = ConnectionPool(
-        database_url, min_size=1, max_size=size, kwargs={"autocommit": True, "row_factory": dict_row}, open=False
+def open_pool(database_url: str, *, size: int) -> Pool:
+    pool: Pool = ConnectionPool(
+        database_url,
+        min_size=1,
+        max_size=size,
+        kwargs={"autocommit": True, "row_factory": dict_row},
+        connection_class=Connection[DictRow],
+        open=False,
     )
     pool.open(wait=True, timeout=30)
     return pool
@@ -73,21 +81,21 @@ def _notification(row: dict[str, Any]) -> Notification:
     )
 
 
-def claim(pool: ConnectionPool, notification_id: uuid.UUID) -> Notification | None:
+def claim(pool: Pool, notification_id: uuid.UUID) -> Notification | None:
     """Take the notification for one attempt (status ``sending``); ``None`` if it is not claimable."""
     with pool.connection() as conn:
         row = conn.execute(_CLAIM, {"id": notification_id, "claimable": _CLAIMABLE}).fetchone()
     return _notification(row) if row else None
 
 
-def status_of(pool: ConnectionPool, notification_id: uuid.UUID) -> tuple[Status, Any] | None:
+def status_of(pool: Pool, notification_id: uuid.UUID) -> tuple[Status, Any] | None:
     with pool.connection() as conn:
         row = conn.execute("SELECT status, send_at FROM notifications WHERE id = %s", (notification_id,)).fetchone()
     return (Status(row["status"]), row["send_at"]) if row else None
 
 
 def finish(
-    pool: ConnectionPool,
+    pool: Pool,
     notification_id: uuid.UUID,
     *,
     number: int,

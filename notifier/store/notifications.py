@@ -135,12 +135,10 @@ async def page(filters: Filters, *, after: tuple[datetime, uuid.UUID] | None, li
     return [_notification(row) for row in await query]
 
 
-async def transition(
-    notification_id: uuid.UUID, target: Status, *, now: datetime, extra: dict[Column, Any] | None = None
-) -> Notification | None:
+async def transition(notification_id: uuid.UUID, target: Status, *, now: datetime) -> Notification | None:
     """Move to ``target`` if the current status allows it (one conditional UPDATE); else ``None``."""
     allowed = [status.value for status in sources(target)]
-    values: dict[Column | str, Any] = {T.status: target.value, T.updated_at: now, **(extra or {})}
+    values: dict[Column | str, Any] = {T.status: target.value, T.updated_at: now}
     rows = await T.update(values).where((T.id == notification_id) & T.status.is_in(allowed)).returning(*COLUMNS)
     return _notification(rows[0]) if rows else None
 

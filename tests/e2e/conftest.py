@@ -1,0 +1,146 @@
+"""Real ``notifier api`` and ``notifier worker`` processes, driven over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, notifier_env
+from tests.peers import SmsPeer, SmtpPeer, WebhookPeer
+
+API_KEY = "e2e-key"
+
+
+class Process:
+    """A child process whose output goes to a log file; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "notifier", *args], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+        self._log.close()
+        return self.popen.returncode
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = predicate()
+        except (httpx.TransportError, OSError):
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Stack:
+    """The API and a worker, with an authenticated client for the API."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.port = free_port()
+        self.api = Process("api", ["api", "--port", str(self.port)], env, log_dir)
+        self.worker = Process("worker", ["worker", "--processes", "1", "--threads", "4"], env, log_dir)
+        self.client = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port}", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
+        )
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            for process in (self.api, self.worker):
+                assert process.popen.poll() is None, f"{process.name} exited:\n{process.log()}"
+            ok = self.client.get("/readyz").status_code == 200
+            return ok and "Worker process is ready" in self.worker.log()
+
+        wait_until(ready, 60, "the API and the worker to be ready")
+
+    def notify(self, **payload: Any) -> dict[str, Any]:
+        response = self.client.post("/notify", json=payload)
+        assert response.status_code == 202, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def wait_status(self, notification_id: str, status: str, timeout: float = 30) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            body: dict[str, Any] = self.client.get(f"/notifications/{notification_id}").json()
+            return body if body["status"] == status else None
+
+        result: dict[str, Any] = wait_until(reached, timeout, f"notification {notification_id} to be {status}")
+        return result
+
+    def stop(self) -> None:
+        self.client.close()
+        for process in (self.api, self.worker):
+            process.stop()
+
+
+@pytest.fixture
+def stack(
+    database_url: str,
+    redis_url: str,
+    redis_namespace: str,
+    smtp_server: SmtpPeer,
+    sms_gateway: SmsPeer,
+    webhook_receiver: WebhookPeer,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Stack]:
+    env = notifier_env(
+        database_url,
+        redis_url,
+        redis_namespace,
+        NOTIFIER_API_KEYS=API_KEY,
+        NOTIFIER_SMTP_URL=smtp_server.url,
+        NOTIFIER_SMTP_FROM="notifier@example.com",
+        NOTIFIER_SMS_BASE_URL=sms_gateway.url,
+        NOTIFIER_SMS_ACCOUNT_SID=sms_gateway.account_sid,
+        NOTIFIER_SMS_AUTH_TOKEN=sms_gateway.auth_token,
+        NOTIFIER_SMS_FROM="+14155550100",
+        NOTIFIER_WEBHOOK_SECRET=webhook_receiver.secret,
+        NOTIFIER_RETRY_MIN_BACKOFF="0.2",
+        NOTIFIER_RETRY_MAX_BACKOFF="1",
+        NOTIFIER_DELIVERY_TIMEOUT="3",
+    )
+    running = Stack(env, tmp_path)
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+        if os.environ.get("NOTIFIER_TEST_SHOW_LOGS") or getattr(request.node, "rep_call_failed", False):
+            print(f"--- api log ---\n{running.api.log()}\n--- worker log ---\n{running.worker.log()}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call" and report.failed:
+        item.rep_call_failed = True  # type: ignore[attr-defined]
+    return report

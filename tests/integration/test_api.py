@@ -1,0 +1,253 @@
+"""The API in-process against a real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from litestar.testing import TestClient
+
+from notifier.settings import Settings
+
+DELIVERY_QUEUE = "notifier.deliver"
+
+LOG = {"channel": "log", "recipient": "ops", "body": "disk almost full"}
+
+
+def queued_ids(redis_url: str, namespace: str) -> list[str]:
+    """Notification ids of the messages waiting in the delivery queue (ready or delayed)."""
+    client = redis.Redis.from_url(redis_url)
+    ids = []
+    for queue in (DELIVERY_QUEUE, f"{DELIVERY_QUEUE}.DQ"):
+        for raw in client.hvals(f"{namespace}:{queue}.msgs"):
+            import json
+
+            ids.append(json.loads(raw)["args"][0])
+    return ids
+
+
+def problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    return body
+
+
+def fields(body: dict[str, Any]) -> list[str]:
+    return [e["field"] for e in body.get("errors", [])]
+
+
+def test_notify_stores_then_enqueues(client: TestClient, redis_url: str, broker_namespace: str) -> None:  # type: ignore[type-arg]
+    response = client.post("/notify", json={**LOG, "subject": "disk", "metadata": {"host": "db1"}})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "queued"
+    assert body["metadata"] == {"host": "db1"}
+    assert response.headers["location"] == f"/notifications/{body['id']}"
+    assert queued_ids(redis_url, broker_namespace) == [body["id"]]
+    shown = client.get(f"/notifications/{body['id']}").json()
+    assert shown["status"] == "queued"
+    assert shown["delivery_attempts"] == []
+
+
+def test_send_at_ahead_is_scheduled_and_delayed(client: TestClient, redis_url: str, broker_namespace: str) -> None:  # type: ignore[type-arg]
+    soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+    later = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    near = client.post("/notify", json={**LOG, "send_at": soon}).json()
+    far = client.post("/notify", json={**LOG, "send_at": later}).json()
+    assert near["status"] == far["status"] == "scheduled"
+    # Due within the horizon: a delayed message in Redis. Far ahead: it waits in PostgreSQL only.
+    assert queued_ids(redis_url, broker_namespace) == [near["id"]]
+    delayed = redis.Redis.from_url(redis_url).hkeys(f"{broker_namespace}:{DELIVERY_QUEUE}.DQ.msgs")
+    assert len(delayed) == 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({**LOG, "channel": "pigeon"}, "channel"),
+        ({"channel": "email", "recipient": "nobody", "subject": "s", "body": "b"}, "recipient"),
+        ({"channel": "sms", "recipient": "555-1234", "body": "b"}, "recipient"),
+        ({"channel": "webhook", "recipient": "ftp://x", "body": "b"}, "recipient"),
+        ({"channel": "email", "recipient": "a@example.com", "body": "b"}, "subject"),
+        ({"channel": "log", "recipient": "ops"}, "body"),
+        ({**LOG, "body": ""}, "body"),
+        ({**LOG, "body": "x" * 70_000}, "body"),
+        ({**LOG, "recipient": 42}, "recipient"),
+        ({**LOG, "send_at": "tomorrow"}, "send_at"),
+        ({**LOG, "send_at": "2030-01-01T09:00:00"}, "send_at"),
+        ({**LOG, "metadata": ["not", "an", "object"]}, "metadata"),
+        ({**LOG, "metadata": {"blob": "x" * 20_000}}, "metadata"),
+        ({**LOG, "idempotency_key": "k" * 300}, "idempotency_key"),
+        ({**LOG, "recipent": "typo"}, "recipent"),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_field(client: TestClient, payload: dict[str, Any], field: str) -> None:  # type: ignore[type-arg]
+    body = problem(client.post("/notify", json=payload), 422)
+    assert fields(body) == [field], body
+    assert body["type"].startswith("urn:notifier:problem:")
+
+
+def test_unconfigured_channel_is_refused(client: TestClient) -> None:  # type: ignore[type-arg]
+    body = problem(client.post("/notify", json={"channel": "sms", "recipient": "+14155552671", "body": "b"}), 422)
+    assert fields(body) == ["channel"]
+    assert "NOTIFIER_SMS_BASE_URL" in body["detail"]
+
+
+def test_malformed_json_is_a_400(client: TestClient) -> None:  # type: ignore[type-arg]
+    body = problem(client.post("/notify", content=b"{nope", headers={"content-type": "application/json"}), 400)
+    assert "malformed" in body["detail"].lower()
+
+
+def test_oversized_body_is_a_413(client: TestClient, settings: Settings) -> None:  # type: ignore[type-arg]
+    payload = b'{"channel":"log","recipient":"ops","body":"' + b"x" * settings.api.max_body_size + b'"}'
+    problem(client.post("/notify", content=payload, headers={"content-type": "application/json"}), 413)
+
+
+def test_idempotency_key_answers_the_original(client: TestClient, redis_url: str, broker_namespace: str) -> None:  # type: ignore[type-arg]
+    first = client.post("/notify", json={**LOG, "idempotency_key": "order-1"})
+    again = client.post("/notify", json=LOG, headers={"Idempotency-Key": "order-1"})
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert queued_ids(redis_url, broker_namespace) == [first.json()["id"]]
+
+    conflict = problem(client.post("/notify", json={**LOG, "body": "other", "idempotency_key": "order-1"}), 409)
+    assert "order-1" in conflict["detail"]
+    mismatch = client.post("/notify", json={**LOG, "idempotency_key": "a"}, headers={"Idempotency-Key": "b"})
+    assert fields(problem(mismatch, 422)) == ["idempotency_key"]
+
+
+def test_list_filters_and_pages_newest_first(client: TestClient) -> None:  # type: ignore[type-arg]
+    ids = [client.post("/notify", json={**LOG, "recipient": f"r{i % 2}"}).json()["id"] for i in range(7)]
+    client.post(f"/notifications/{ids[0]}/cancel")
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 3}
+        if cursor:
+            params["cursor"] = cursor
+        page = client.get("/notifications", params=params).json()
+        seen += [n["id"] for n in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
+
+    by_recipient = client.get("/notifications", params={"recipient": "r1"}).json()["items"]
+    assert [n["id"] for n in by_recipient] == [ids[5], ids[3], ids[1]]
+    cancelled = client.get("/notifications", params={"status": "cancelled"}).json()["items"]
+    assert [n["id"] for n in cancelled] == [ids[0]]
+    assert client.get("/notifications", params={"channel": "email"}).json()["items"] == []
+    future = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    assert client.get("/notifications", params={"created_after": future}).json()["items"] == []
+    assert len(client.get("/notifications", params={"created_before": future}).json()["items"]) == 7
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 1000}, "limit"),
+        ({"cursor": "garbage!"}, "cursor"),
+        ({"status": "lost"}, "status"),
+    ],
+)
+def test_bad_list_parameters_name_the_parameter(client: TestClient, params: dict[str, Any], field: str) -> None:  # type: ignore[type-arg]
+    assert fields(problem(client.get("/notifications", params=params), 422)) == [field]
+
+
+def test_cancel_before_sending_and_not_after(client: TestClient, pool: Any) -> None:  # type: ignore[type-arg]
+    created = client.post("/notify", json=LOG).json()
+    cancelled = client.post(f"/notifications/{created['id']}/cancel")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    assert problem(client.post(f"/notifications/{created['id']}/cancel"), 409)["type"].endswith("invalid-transition")
+
+    sending = client.post("/notify", json=LOG).json()
+    with pool.connection() as conn:
+        conn.execute("UPDATE notifications SET status = 'sending' WHERE id = %s", (sending["id"],))
+    assert "sending" in problem(client.post(f"/notifications/{sending['id']}/cancel"), 409)["detail"]
+
+
+def test_unknown_notification_is_a_404(client: TestClient) -> None:  # type: ignore[type-arg]
+    problem(client.get(f"/notifications/{uuid.uuid4()}"), 404)
+    problem(client.post(f"/notifications/{uuid.uuid4()}/cancel"), 404)
+    problem(client.get("/notifications/not-a-uuid"), 404)
+
+
+def test_health_readiness_and_docs(client: TestClient) -> None:  # type: ignore[type-arg]
+    assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
+    assert client.get("/readyz").json() == {"status": "ok", "checks": {"postgresql": "ok", "redis": "ok"}}
+    schema = client.get("/schema/openapi.json").json()
+    assert "/notify" in schema["paths"]
+    assert client.get("/schema").status_code == 200
+
+
+def test_dashboard_shows_the_delivery_queue(client: TestClient) -> None:  # type: ignore[type-arg]
+    client.post("/notify", json=LOG)
+    page = client.get("/dramatiq/")
+    assert page.status_code == 200
+    assert DELIVERY_QUEUE in page.text
+
+
+def test_readiness_fails_when_redis_is_away(settings: Settings) -> None:
+    from notifier.api.app import create_app
+
+    away = type(settings.redis)(url="redis://127.0.0.1:1/0", namespace=settings.redis.namespace)
+    import msgspec
+
+    with TestClient(create_app(msgspec.structs.replace(settings, redis=away), relay=False)) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["postgresql"] == "ok"
+    assert response.json()["checks"]["redis"].startswith("unavailable")
+
+
+def test_lost_database_connections_are_a_503_not_a_500(client: TestClient, database_url: str) -> None:  # type: ignore[type-arg]
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(database_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+    response = client.post("/notify", json=LOG)
+    if response.status_code != 202:  # the pool may have replaced the connection already
+        problem(response, 503)
+        assert response.headers["retry-after"]
+    assert client.post("/notify", json=LOG).status_code == 202
+
+
+class TestApiKeys:
+    @pytest.fixture
+    def secured(self, settings: Settings) -> Any:
+        import msgspec
+
+        from notifier.api.app import create_app
+
+        api = msgspec.structs.replace(settings.api, keys=["k-one", "k-two"])
+        with TestClient(create_app(msgspec.structs.replace(settings, api=api), relay=False)) as client:
+            yield client
+
+    def test_routes_need_a_key(self, secured: TestClient) -> None:  # type: ignore[type-arg]
+        for path in ("/notifications", "/dramatiq/", "/schema/openapi.json"):
+            response = secured.get(path)
+            assert response.status_code == 401, path
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            assert response.json()["status"] == 401
+        assert secured.get("/notifications", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert secured.get("/notifications", headers={"Authorization": "Basic k-one"}).status_code == 401
+        assert secured.get("/notifications", headers={"Authorization": "Bearer k-two"}).status_code == 200
+        posted = secured.post("/notify", json=LOG, headers={"Authorization": "Bearer k-one"})
+        assert posted.status_code == 202
+
+    def test_health_and_readiness_are_open(self, secured: TestClient) -> None:  # type: ignore[type-arg]
+        assert secured.get("/healthz").status_code == 200
+        assert secured.get("/readyz").status_code == 200

@@ -1,0 +1,222 @@
+"""The delivery path (Dispatcher) and the outbox relay, on a real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from psycopg_pool import ConnectionPool
+
+from notifier.channels.memory import MemoryChannel
+from notifier.domain import Channel, NewNotification, Notification
+from notifier.errors import PermanentDeliveryError, TransientDeliveryError
+from notifier.services import Delivered, Dispatcher, NotDue, Notifications
+from notifier.settings import Settings
+from notifier.store import notifications as store
+
+
+def accept(settings: Settings, new: NewNotification, enqueue: object = None) -> Notification:
+    """Store a notification through the real accept path; returns it."""
+    calls: list[Sequence[tuple[uuid.UUID, int]]] = []
+
+    async def run() -> Notification:
+        engine = await store.connect(settings.database.url, pool_size=2)
+        try:
+            service = Notifications(settings, enqueue or calls.append, frozenset(Channel))  # type: ignore[arg-type]
+            return (await service.accept(new)).notification
+        finally:
+            await engine.close_connection_pool()
+
+    return asyncio.run(run())
+
+
+def row(pool: ConnectionPool, notification_id: uuid.UUID) -> dict[str, object]:
+    with pool.connection() as conn:
+        found = conn.execute("SELECT * FROM notifications WHERE id = %s", (notification_id,)).fetchone()
+    assert found is not None
+    return dict(found)
+
+
+def attempts(pool: ConnectionPool, notification_id: uuid.UUID) -> list[dict[str, object]]:
+    with pool.connection() as conn:
+        return [
+            dict(r)
+            for r in conn.execute(
+                "SELECT * FROM delivery_attempts WHERE notification = %s ORDER BY number", (notification_id,)
+            ).fetchall()
+        ]
+
+
+LOG = NewNotification(channel=Channel.LOG, recipient="ops", body="hello")
+
+
+@pytest.fixture
+def memory() -> MemoryChannel:
+    return MemoryChannel()
+
+
+@pytest.fixture
+def dispatcher(settings: Settings, pool: ConnectionPool, memory: MemoryChannel) -> Dispatcher:
+    return Dispatcher(settings, pool, {Channel.LOG: memory})
+
+
+def test_delivery_records_the_attempt_and_the_outcome(
+    settings: Settings, dispatcher: Dispatcher, pool: ConnectionPool, memory: MemoryChannel
+) -> None:
+    n = accept(settings, LOG)
+    assert dispatcher.deliver(n.id) == Delivered("sent")
+    assert [m.id for m in memory.sent] == [n.id]
+    stored = row(pool, n.id)
+    assert stored["status"] == "sent"
+    assert stored["attempts"] == 1
+    assert stored["sent_at"] is not None
+    [attempt] = attempts(pool, n.id)
+    assert attempt["outcome"] == "sent"
+    assert attempt["provider_message_id"] == "memory-1"
+    assert attempt["finished_at"] is not None
+
+
+def test_a_duplicated_message_sends_once(settings: Settings, dispatcher: Dispatcher, memory: MemoryChannel) -> None:
+    n = accept(settings, LOG)
+    assert dispatcher.deliver(n.id) == Delivered("sent")
+    assert dispatcher.deliver(n.id) == Delivered("skipped")
+    assert len(memory.sent) == 1
+
+
+def test_concurrent_deliveries_of_one_notification_send_once(
+    settings: Settings, dispatcher: Dispatcher, memory: MemoryChannel
+) -> None:
+    n = accept(settings, LOG)
+    barrier = threading.Barrier(8)
+    results: list[object] = []
+
+    def race() -> None:
+        barrier.wait()
+        results.append(dispatcher.deliver(n.id))
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert results.count(Delivered("sent")) == 1
+    assert results.count(Delivered("skipped")) == 7
+    assert len(memory.sent) == 1
+
+
+def test_transient_failure_retries_then_sends(
+    settings: Settings, dispatcher: Dispatcher, pool: ConnectionPool, memory: MemoryChannel
+) -> None:
+    n = accept(settings, LOG)
+    memory.fail_next(TransientDeliveryError("SMTP 451 try later"))
+    with pytest.raises(TransientDeliveryError):
+        dispatcher.deliver(n.id)
+    stored = row(pool, n.id)
+    assert (stored["status"], stored["last_error"]) == ("retrying", "SMTP 451 try later")
+    assert dispatcher.deliver(n.id) == Delivered("sent")
+    assert [(a["number"], a["outcome"]) for a in attempts(pool, n.id)] == [(1, "transient_error"), (2, "sent")]
+
+
+def test_the_last_attempt_fails_the_notification(
+    settings: Settings, dispatcher: Dispatcher, pool: ConnectionPool, memory: MemoryChannel
+) -> None:
+    n = accept(settings, LOG)
+    memory.fail_next(*[TransientDeliveryError(f"down {i}") for i in range(settings.retry.max_attempts)])
+    for _ in range(settings.retry.max_attempts - 1):
+        with pytest.raises(TransientDeliveryError):
+            dispatcher.deliver(n.id)
+    assert dispatcher.deliver(n.id) == Delivered("failed")
+    stored = row(pool, n.id)
+    assert stored["status"] == "failed"
+    assert stored["last_error"] == f"down {settings.retry.max_attempts - 1}"
+    assert len(attempts(pool, n.id)) == settings.retry.max_attempts
+    assert memory.sent == []
+
+
+def test_permanent_failure_fails_at_once(
+    settings: Settings, dispatcher: Dispatcher, pool: ConnectionPool, memory: MemoryChannel
+) -> None:
+    n = accept(settings, LOG)
+    memory.fail_next(PermanentDeliveryError("HTTP 400: unknown recipient"))
+    assert dispatcher.deliver(n.id) == Delivered("failed")
+    stored = row(pool, n.id)
+    assert (stored["status"], stored["last_error"]) == ("failed", "HTTP 400: unknown recipient")
+    assert [a["outcome"] for a in attempts(pool, n.id)] == ["permanent_error"]
+
+
+def test_cancelled_and_unknown_notifications_are_not_sent(
+    settings: Settings, dispatcher: Dispatcher, pool: ConnectionPool, memory: MemoryChannel
+) -> None:
+    n = accept(settings, LOG)
+    with pool.connection() as conn:
+        conn.execute("UPDATE notifications SET status = 'cancelled' WHERE id = %s", (n.id,))
+    assert dispatcher.deliver(n.id) == Delivered("skipped")
+    assert dispatcher.deliver(uuid.uuid4()) == Delivered("skipped")
+    assert memory.sent == []
+
+
+def test_an_early_message_is_put_off_until_due(
+    settings: Settings, dispatcher: Dispatcher, memory: MemoryChannel
+) -> None:
+    n = accept(
+        settings,
+        NewNotification(
+            channel=Channel.LOG, recipient="ops", body="x", send_at=datetime.now(UTC) + timedelta(seconds=30)
+        ),
+    )
+    result = dispatcher.deliver(n.id)
+    assert isinstance(result, NotDue)
+    assert 25_000 < result.delay_ms <= 30_000
+    assert memory.sent == []
+
+
+def test_relay_enqueues_what_redis_missed(settings: Settings, pool: ConnectionPool) -> None:
+    def redis_away(items: Sequence[tuple[uuid.UUID, int]]) -> None:
+        raise ConnectionError("Redis is away")
+
+    n = accept(settings, LOG, enqueue=redis_away)
+    assert row(pool, n.id)["enqueued_at"] is None  # accepted and committed all the same
+
+    enqueued: list[tuple[uuid.UUID, int]] = []
+
+    async def relay() -> int:
+        engine = await store.connect(settings.database.url, pool_size=2)
+        try:
+            service = Notifications(settings, enqueued.extend, frozenset(Channel))
+            return await service.relay_once()
+        finally:
+            await engine.close_connection_pool()
+
+    # Within the grace period the API's own enqueue may still be under way: the relay waits.
+    assert asyncio.run(relay()) == 0
+    with pool.connection() as conn:
+        conn.execute("UPDATE notifications SET created_at = created_at - interval '5 seconds' WHERE id = %s", (n.id,))
+    assert asyncio.run(relay()) == 1
+    assert enqueued == [(n.id, 0)]
+    assert row(pool, n.id)["enqueued_at"] is not None
+    assert asyncio.run(relay()) == 0  # and only once
+
+
+def test_relay_requeues_a_message_redis_lost(settings: Settings, pool: ConnectionPool) -> None:
+    n = accept(settings, LOG)
+    with pool.connection() as conn:
+        conn.execute(
+            "UPDATE notifications SET created_at = now() - interval '1 hour', enqueued_at = now() - interval '1 hour'"
+            " WHERE id = %s",
+            (n.id,),
+        )
+    enqueued: list[tuple[uuid.UUID, int]] = []
+
+    async def relay() -> int:
+        engine = await store.connect(settings.database.url, pool_size=2)
+        try:
+            return await Notifications(settings, enqueued.extend, frozenset(Channel)).relay_once()
+        finally:
+            await engine.close_connection_pool()
+
+    assert asyncio.run(relay()) == 1
+    assert enqueued == [(n.id, 0)]
