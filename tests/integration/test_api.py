@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -12,6 +13,7 @@ import redis
 from litestar.testing import TestClient
 
 from notifier.settings import Settings
+from tests.conftest import with_database
 
 DELIVERY_QUEUE = "notifier.deliver"
 
@@ -212,8 +214,8 @@ def test_readiness_fails_when_redis_is_away(settings: Settings) -> None:
 
 
 def test_lost_database_connections_are_a_503_not_a_500(client: TestClient, database_url: str) -> None:  # type: ignore[type-arg]
-    name = database_url.rsplit("/", 1)[1]
-    with psycopg.connect(database_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+    name = urlsplit(database_url).path.lstrip("/")
+    with psycopg.connect(with_database(database_url, "postgres"), autocommit=True) as admin:
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             (name,),
