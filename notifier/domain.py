@@ -5,7 +5,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import uuid
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,14 +43,15 @@ class Status(enum.StrEnum):
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.SCHEDULED: frozenset({Status.QUEUED, Status.SENDING, Status.CANCELLED}),
     Status.QUEUED: frozenset({Status.SENDING, Status.CANCELLED}),
-    Status.SENDING: frozenset({Status.SENT, Status.RETRYING, Status.FAILED}),
+    Status.SENDING: frozenset({Status.SENDING, Status.SENT, Status.RETRYING, Status.FAILED}),
     Status.RETRYING: frozenset({Status.SENDING, Status.FAILED, Status.CANCELLED}),
     Status.SENT: frozenset(),
     Status.FAILED: frozenset(),
     Status.CANCELLED: frozenset(),
 }
 """Every allowed status change. ``scheduled`` and ``queued`` may go straight to ``sending``
-because a worker claims whichever it finds; nothing leaves ``sent``, ``failed`` or ``cancelled``."""
+because a worker claims whichever it finds; ``sending`` may be claimed again once its lease has
+lapsed (``NOTIFIER_DELIVERY_LEASE``); nothing leaves ``sent``, ``failed`` or ``cancelled``."""
 
 
 def sources(target: Status) -> frozenset[Status]:
@@ -126,8 +128,12 @@ def normalise_recipient(channel: Channel, recipient: str) -> str:
             raise InvalidNotification("recipient", "not a valid E.164 phone number (like +14155550123)")
         return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     if channel is Channel.WEBHOOK:
-        parts = urlsplit(recipient)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(recipient)
+            hostname = parts.hostname
+        except ValueError:
+            raise InvalidNotification("recipient", "not a valid URL") from None
+        if parts.scheme not in ("http", "https") or not hostname:
             raise InvalidNotification("recipient", "not an absolute http(s) URL")
         return recipient
     if not recipient.strip():
@@ -135,12 +141,47 @@ def normalise_recipient(channel: Channel, recipient: str) -> str:
     return recipient
 
 
+def utc(field: str, value: datetime) -> datetime:
+    """``value`` in UTC; it must carry an offset and lie within years 1 to 9999 in UTC."""
+    if value.tzinfo is None:
+        raise InvalidNotification(field, "must carry a UTC offset (RFC 3339, e.g. 2030-01-01T09:00:00Z)")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidNotification(field, "is out of range") from None
+
+
+def check_text(field: str, value: str) -> None:
+    """PostgreSQL text cannot hold NUL; refuse it here rather than fail in the database."""
+    if "\x00" in value:
+        raise InvalidNotification(field, "must not contain NUL characters")
+
+
 def validate(new: NewNotification) -> NewNotification:
-    """Check what msgspec's types cannot, and return the notification with a canonical recipient."""
-    if new.send_at is not None and new.send_at.tzinfo is None:
-        raise InvalidNotification("send_at", "must carry a UTC offset (RFC 3339, e.g. 2030-01-01T09:00:00Z)")
+    """Check what msgspec's types cannot, and return the notification in canonical form."""
+    for field in ("recipient", "subject", "body", "idempotency_key"):
+        value = getattr(new, field)
+        if value is not None:
+            check_text(field, value)
+    send_at = None if new.send_at is None else utc("send_at", new.send_at)
+    if new.subject is not None and ("\r" in new.subject or "\n" in new.subject):
+        raise InvalidNotification("subject", "must be a single line")
     if new.channel is Channel.EMAIL and not new.subject:
         raise InvalidNotification("subject", "is required for email")
-    if len(msgspec.json.encode(new.metadata)) > MAX_METADATA_BYTES:
+    metadata = msgspec.json.encode(new.metadata)
+    if len(metadata) > MAX_METADATA_BYTES:
         raise InvalidNotification("metadata", f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
-    return msgspec.structs.replace(new, recipient=normalise_recipient(new.channel, new.recipient))
+    if b"\\u0000" in metadata:
+        raise InvalidNotification("metadata", "must not contain NUL characters")
+    return msgspec.structs.replace(new, recipient=normalise_recipient(new.channel, new.recipient), send_at=send_at)
+
+
+@dataclass(frozen=True)
+class NotificationFilter:
+    """What ``GET /notifications`` narrows by; ``None`` means any."""
+
+    status: Status | None = None
+    channel: Channel | None = None
+    recipient: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None

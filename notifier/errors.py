@@ -39,7 +39,7 @@ class ChannelNotConfigured(InvalidNotification):
     """The channel exists but this deployment has no provider settings for it."""
 
     def __init__(self, channel: str, variable: str) -> None:
-        super().__init__("channel", f"channel {channel!r} is not configured on this server (set {variable})")
+        super().__init__("channel", f"{str(channel)!r} is not configured on this server (set {variable})")
         self.channel = channel
 
 

@@ -18,7 +18,16 @@ from typing import Literal
 import anyio.to_thread
 
 from notifier.channels.base import Channel as ChannelImpl
-from notifier.domain import Attempt, Channel, NewNotification, Notification, Status, sources, validate
+from notifier.domain import (
+    Attempt,
+    Channel,
+    NewNotification,
+    Notification,
+    NotificationFilter,
+    Status,
+    check_transition,
+    validate,
+)
 from notifier.errors import (
     ChannelNotConfigured,
     IdempotencyConflict,
@@ -31,7 +40,6 @@ from notifier.settings import Settings
 from notifier.store import delivery as delivery_store
 from notifier.store import notifications as store
 from notifier.store import outbox
-from notifier.store.tables import NotificationTable
 
 logger = logging.getLogger("notifier.services")
 
@@ -62,6 +70,13 @@ class Notifications:
         self.settings = settings
         self._enqueue = enqueue
         self.configured = configured
+
+    async def start(self) -> None:
+        """Open the database pool."""
+        await store.connect(self.settings.database.url, pool_size=self.settings.database.pool_size)
+
+    async def stop(self) -> None:
+        await store.disconnect()
 
     async def accept(self, new: NewNotification) -> Accepted:
         """Validate, store (committed), then enqueue; a failed enqueue is left to the relay."""
@@ -112,7 +127,7 @@ class Notifications:
         return await store.attempts(notification_id)
 
     async def page(
-        self, filters: store.Filters, *, after: tuple[datetime, uuid.UUID] | None, limit: int
+        self, filters: NotificationFilter, *, after: tuple[datetime, uuid.UUID] | None, limit: int
     ) -> list[Notification]:
         return await store.page(filters, after=after, limit=limit)
 
@@ -125,29 +140,31 @@ class Notifications:
         if cancelled is not None:
             return cancelled
         current = await self.get(notification_id)
-        raise InvalidTransition(current.status, Status.CANCELLED)
+        check_transition(current.status, Status.CANCELLED)
+        raise InvalidTransition(current.status, Status.CANCELLED)  # it changed while we looked
 
     async def relay_once(self) -> int:
         """Enqueue what PostgreSQL holds and Redis does not; returns how many were enqueued."""
         current = now()
-        settings = self.settings
-        engine = NotificationTable._meta.db
-        async with engine.transaction():
-            due = await outbox.take_due(
-                now=current,
-                horizon=timedelta(seconds=settings.delivery.schedule_horizon),
-                grace=RELAY_GRACE,
-                requeue_after=timedelta(seconds=settings.delivery.requeue_after),
-                retry_allowance=timedelta(seconds=settings.retry.max_backoff),
-                limit=RELAY_BATCH,
-            )
-            if due:
-                items = [(p.id, _delay_ms(p.send_at, current)) for p in due]
-                await anyio.to_thread.run_sync(self._enqueue, items)
-                await store.mark_enqueued([p.id for p in due], now=current)
-        if due:
-            logger.info("outbox relay enqueued notifications", extra={"count": len(due)})
-        return len(due)
+        delivery = self.settings.delivery
+
+        async def enqueue(pending: list[outbox.Pending]) -> None:
+            items = [(p.id, _delay_ms(p.send_at, current)) for p in pending]
+            await anyio.to_thread.run_sync(self._enqueue, items)
+
+        count = await outbox.relay(
+            enqueue,
+            now=current,
+            horizon=timedelta(seconds=delivery.schedule_horizon),
+            grace=RELAY_GRACE,
+            requeue_after=timedelta(seconds=delivery.requeue_after),
+            retry_allowance=timedelta(seconds=self.settings.retry.max_backoff),
+            lease=timedelta(seconds=delivery.lease),
+            limit=RELAY_BATCH,
+        )
+        if count:
+            logger.info("outbox relay enqueued notifications", extra={"count": count})
+        return count
 
     async def relay_forever(self) -> None:
         """Run :meth:`relay_once` every ``NOTIFIER_DELIVERY_OUTBOX_INTERVAL`` until cancelled."""
@@ -196,7 +213,7 @@ class Dispatcher:
         self.channels = channels
 
     def deliver(self, notification_id: uuid.UUID) -> Delivered | NotDue:
-        notification = delivery_store.claim(self.pool, notification_id)
+        notification = delivery_store.claim(self.pool, notification_id, lease=self.settings.delivery.lease)
         if notification is None:
             return self._unclaimed(notification_id)
         number = notification.attempts
@@ -243,9 +260,9 @@ class Dispatcher:
                 "message for an unknown notification dropped", extra={"notification_id": str(notification_id)}
             )
             return Delivered("skipped")
-        status, send_at = state
-        if status in sources(Status.SENDING) and send_at is not None:
-            return NotDue(_delay_ms(send_at, now()))
+        status, wait = state
+        if status in (Status.SCHEDULED, Status.QUEUED) and wait > 0:
+            return NotDue(int(wait * 1000) + 1)
         logger.info(
             "notification not claimable, message dropped",
             extra={"notification_id": str(notification_id), "status": status},

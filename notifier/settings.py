@@ -27,6 +27,14 @@ def _doc(text: str) -> Any:
     return msgspec.Meta(description=text)
 
 
+def _scheme(url: str, field: str) -> str:
+    """The URL's scheme, or ``ValueError(field, reason)`` when it does not parse."""
+    try:
+        return urlsplit(url).scheme
+    except ValueError as exc:
+        raise ValueError(field, f"is not a valid URL ({exc})") from None
+
+
 class Group(msgspec.Struct, frozen=True, kw_only=True):
     """A settings group; ``env_group`` is the middle part of its variables' names."""
 
@@ -42,7 +50,7 @@ class DatabaseSettings(Group, frozen=True, kw_only=True):
     pool_size: Annotated[int, _doc("Connections per process in each pool."), msgspec.Meta(ge=1)] = 10
 
     def validate(self) -> None:
-        if urlsplit(self.url).scheme not in ("postgres", "postgresql"):
+        if _scheme(self.url, "url") not in ("postgres", "postgresql"):
             raise ValueError("url", "must be a postgresql:// URL")
 
 
@@ -52,7 +60,7 @@ class RedisSettings(Group, frozen=True, kw_only=True):
     namespace: Annotated[str, _doc("Prefix of every Redis key the queues use.")] = "notifier"
 
     def validate(self) -> None:
-        if urlsplit(self.url).scheme not in ("redis", "rediss", "unix"):
+        if _scheme(self.url, "url") not in ("redis", "rediss", "unix"):
             raise ValueError("url", "must be a redis://, rediss:// or unix:// URL")
         if not self.namespace or ":" in self.namespace:
             raise ValueError("namespace", "must be non-empty and contain no ':'")
@@ -99,11 +107,28 @@ class DeliverySettings(Group, frozen=True, kw_only=True):
         _doc("A notification still waiting this many seconds after it was due and enqueued is enqueued again."),
         msgspec.Meta(gt=0),
     ] = 300.0
+    lease: Annotated[
+        float,
+        _doc(
+            "Seconds a worker holds a notification it is sending; after that, should the worker have died,"
+            " the notification is delivered again. Must exceed 3 * timeout + 5 (the hard time limit)."
+        ),
+        msgspec.Meta(gt=0),
+    ] = 60.0
     schedule_horizon: Annotated[
         float,
         _doc("Notifications due within this many seconds wait in Redis; later ones wait in PostgreSQL."),
         msgspec.Meta(gt=0),
     ] = 60.0
+
+    @property
+    def time_limit(self) -> float:
+        """Seconds after which Dramatiq interrupts a delivery: the backstop behind ``timeout``."""
+        return self.timeout * 3 + 5
+
+    def validate(self) -> None:
+        if self.lease <= self.time_limit:
+            raise ValueError("lease", f"must exceed 3 * NOTIFIER_DELIVERY_TIMEOUT + 5 = {self.time_limit:g} seconds")
 
 
 class SmtpSettings(Group, frozen=True, kw_only=True):
@@ -132,7 +157,7 @@ class SmsSettings(Group, frozen=True, kw_only=True):
 
     def validate(self) -> None:
         if self.base_url:
-            if urlsplit(self.base_url).scheme not in ("http", "https"):
+            if _scheme(self.base_url, "base_url") not in ("http", "https"):
                 raise ValueError("base_url", "must be an http(s) URL")
             for name in ("account_sid", "auth_token", "sender"):
                 if not getattr(self, name):
@@ -194,6 +219,8 @@ class SmtpServer:
 
     @classmethod
     def parse(cls, url: str) -> SmtpServer:
+        if _scheme(url, "url") not in ("smtp", "smtps"):
+            raise ValueError("url", "must be an smtp:// or smtps:// URL")
         parts = urlsplit(url)
         if parts.scheme not in ("smtp", "smtps"):
             raise ValueError("url", "must be an smtp:// or smtps:// URL")

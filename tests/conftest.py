@@ -30,10 +30,6 @@ pytest_plugins = ["tests.peers"] if importlib.util.find_spec("tests.peers") else
 LOCAL_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 
-# The broker is built from the environment when notifier.worker is first imported; tests that use
-# it in-process share this session's namespace, which the redis_namespace fixture empties per test.
-SESSION_NAMESPACE = f"ntest{secrets.token_hex(4)}"
-
 
 def _reachable(url: str, kind: str) -> bool:
     try:
@@ -150,22 +146,6 @@ def redis_namespace(redis_url: str) -> Iterator[str]:
     namespace = f"ntest{secrets.token_hex(6)}"
     yield namespace
     _delete_namespace(redis_url, namespace)
-
-
-@pytest.fixture
-def broker_namespace(redis_url: str, _in_process_environment: None) -> Iterator[str]:
-    """The in-process broker's session namespace, emptied around the test."""
-    _delete_namespace(redis_url, SESSION_NAMESPACE)
-    yield SESSION_NAMESPACE
-    _delete_namespace(redis_url, SESSION_NAMESPACE)
-
-
-@pytest.fixture(scope="session")
-def _in_process_environment(services: tuple[str, str]) -> None:
-    """What ``notifier.worker.broker`` reads when a test imports it in this process."""
-    os.environ.setdefault("NOTIFIER_DATABASE_URL", services[0])
-    os.environ["NOTIFIER_REDIS_URL"] = services[1]
-    os.environ["NOTIFIER_REDIS_NAMESPACE"] = SESSION_NAMESPACE
 
 
 def free_port() -> int:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio
+from dramatiq.brokers.redis import RedisBroker
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -20,21 +21,20 @@ from notifier.api.dashboard import dashboard
 from notifier.api.errors import HANDLERS
 from notifier.api.health import healthz, readyz
 from notifier.api.notifications import NotificationController
-from notifier.services import Notifications
+from notifier.services import Enqueue, Notifications
 from notifier.settings import Settings
-from notifier.store import notifications as store
 
 
-def create_app(settings: Settings, *, relay: bool = True) -> Litestar:
-    """Build the API. ``relay=False`` leaves the outbox relay to other processes (tests use it)."""
-    from notifier.worker import actors  # the broker is configured on import, before the actors
-    from notifier.worker.broker import broker
+def create_app(settings: Settings, broker: RedisBroker, enqueue: Enqueue, *, relay: bool = True) -> Litestar:
+    """Build the API from ``settings``; ``enqueue`` puts delivery messages on ``broker``.
 
-    service = Notifications(settings, actors.enqueue, channels.configured(settings))
+    ``relay=False`` leaves the outbox relay to other processes (tests drive it themselves).
+    """
+    service = Notifications(settings, enqueue, channels.configured(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = await store.connect(settings.database.url, pool_size=settings.database.pool_size)
+        await service.start()
         app.state.redis = redis.asyncio.Redis.from_url(settings.redis.url, socket_connect_timeout=2)
         app.state.notifications = service
         relay_task = asyncio.create_task(service.relay_forever()) if relay else None
@@ -46,7 +46,8 @@ def create_app(settings: Settings, *, relay: bool = True) -> Litestar:
                 with contextlib.suppress(asyncio.CancelledError):
                     await relay_task
             await app.state.redis.aclose()
-            await engine.close_connection_pool()
+            await service.stop()
+            broker.close()
 
     def provide_service() -> Notifications:
         return service

@@ -148,6 +148,12 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Probl
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     if isinstance(exc, UNAVAILABLE):
         return _unavailable(request, exc)
+    if isinstance(exc, RecursionError):
+        return problem(request, 400, "malformed-request", "Malformed request", "the JSON is nested too deeply")
+    if isinstance(exc, asyncpg.DataError):
+        # Validation should have caught it; the database refusing a value is still the client's input.
+        logger.warning("database refused a value", extra={"path": request.url.path, "error": repr(exc)})
+        return problem(request, 422, "invalid-request", "Invalid request", f"a value was refused: {exc}")
     logger.exception("unhandled error", extra={"path": request.url.path})
     return problem(request, 500, "internal-error", "Internal server error", "an unexpected error occurred")
 

@@ -11,10 +11,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from notifier.api.schemas import NotificationOut, NotificationPage, NotifyRequest, decode_cursor, encode_cursor
-from notifier.domain import Channel, Status
-from notifier.errors import InvalidNotification
+from notifier.domain import Channel, NotificationFilter, Status, check_text, utc
 from notifier.services import Notifications
-from notifier.store.notifications import Filters
 
 MAX_PAGE = 200
 
@@ -54,10 +52,15 @@ class NotificationController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 50,
     ) -> NotificationPage:
         """Keyset pagination: pass the previous page's ``next_cursor`` as ``cursor``."""
-        for name, value in (("created_after", created_after), ("created_before", created_before)):
-            if value is not None and value.tzinfo is None:
-                raise InvalidNotification(name, "must carry a UTC offset (RFC 3339)")
-        filters = Filters(status, channel, recipient, created_after, created_before)
+        if recipient is not None:
+            check_text("recipient", recipient)
+        filters = NotificationFilter(
+            status=status,
+            channel=channel,
+            recipient=recipient,
+            created_after=None if created_after is None else utc("created_after", created_after),
+            created_before=None if created_before is None else utc("created_before", created_before),
+        )
         after = decode_cursor(cursor) if cursor else None
         rows = await service.page(filters, after=after, limit=limit + 1)
         items, more = rows[:limit], len(rows) > limit

@@ -37,7 +37,10 @@ class EmailChannel:
         return msg
 
     def send(self, notification: Notification) -> str | None:
-        msg = self.message(notification)
+        try:
+            msg = self.message(notification)
+        except (ValueError, TypeError) as exc:
+            raise PermanentDeliveryError(f"cannot build the email: {exc}") from None
         try:
             with self._connect() as smtp:
                 if self.server.username is not None:

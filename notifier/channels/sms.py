@@ -24,10 +24,12 @@ class SmsChannel:
             data={"To": notification.recipient, "From": self.sender, "Body": notification.body},
             auth=self._auth,
         )
+        # The gateway has accepted the message: whatever its answer looks like, this is a success.
         try:
-            sid = response.json().get("sid")
+            answer = response.json()
         except ValueError:
             return None
+        sid = answer.get("sid") if isinstance(answer, dict) else None
         return str(sid) if sid else None
 
     def close(self) -> None:

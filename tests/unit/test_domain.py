@@ -21,8 +21,8 @@ def test_cancel_is_allowed_only_before_sending() -> None:
     assert domain.sources(Status.CANCELLED) == {Status.SCHEDULED, Status.QUEUED, Status.RETRYING}
 
 
-def test_a_worker_may_claim_scheduled_queued_and_retrying() -> None:
-    assert domain.sources(Status.SENDING) == {Status.SCHEDULED, Status.QUEUED, Status.RETRYING}
+def test_a_worker_may_claim_waiting_rows_and_lapsed_leases() -> None:
+    assert domain.sources(Status.SENDING) == {Status.SCHEDULED, Status.QUEUED, Status.RETRYING, Status.SENDING}
 
 
 def test_every_status_has_an_entry() -> None:
