@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import msgspec
 
 from notifier import domain
-from notifier.domain import Attempt, Channel, Status
+from notifier.domain import Attempt, Channel
 from notifier.errors import InvalidNotification
 
 Recipient = Annotated[str, msgspec.Meta(min_length=1, max_length=domain.MAX_RECIPIENT_LENGTH)]
@@ -51,38 +51,15 @@ class NotifyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         )
 
 
-class AttemptOut(msgspec.Struct, kw_only=True):
-    number: int
-    started_at: datetime
-    finished_at: datetime | None
-    outcome: str | None
-    error: str | None
-    provider_message_id: str | None
+class NotificationOut(domain.Notification, frozen=True, kw_only=True):
+    """A notification as the API shows it; ``delivery_attempts`` only where one is shown alone."""
 
-
-class NotificationOut(msgspec.Struct, kw_only=True):
-    id: uuid.UUID
-    channel: Channel
-    recipient: str
-    subject: str | None
-    body: str
-    metadata: dict[str, Any]
-    send_at: datetime | None
-    status: Status
-    attempts: int
-    last_error: str | None
-    idempotency_key: str | None
-    created_at: datetime
-    updated_at: datetime
-    sent_at: datetime | None
-    delivery_attempts: list[AttemptOut] | msgspec.UnsetType = msgspec.UNSET
+    delivery_attempts: list[Attempt] | msgspec.UnsetType = msgspec.UNSET
 
     @classmethod
     def of(cls, n: domain.Notification, attempts: list[Attempt] | None = None) -> NotificationOut:
-        out = cls(**msgspec.structs.asdict(n))
-        if attempts is not None:
-            out.delivery_attempts = [AttemptOut(**msgspec.structs.asdict(a)) for a in attempts]
-        return out
+        fields = msgspec.structs.asdict(n)
+        return cls(**fields) if attempts is None else cls(**fields, delivery_attempts=attempts)
 
 
 class NotificationPage(msgspec.Struct, kw_only=True):

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
 import psycopg
 from psycopg import Connection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
-from notifier.domain import Channel, Notification, Status, sources
+from notifier.domain import Notification, Status, sources
+from notifier.store import rows
 
 Pool = ConnectionPool[Connection[DictRow]]
 
@@ -75,30 +75,11 @@ def open_pool(database_url: str, *, size: int) -> Pool:
     return pool
 
 
-def _notification(row: dict[str, Any]) -> Notification:
-    return Notification(
-        id=row["id"],
-        channel=Channel(row["channel"]),
-        recipient=row["recipient"],
-        subject=row["subject"],
-        body=row["body"],
-        metadata=row["metadata"],
-        send_at=row["send_at"],
-        status=Status(row["status"]),
-        attempts=row["attempts"],
-        last_error=row["last_error"],
-        idempotency_key=row["idempotency_key"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        sent_at=row["sent_at"],
-    )
-
-
 def claim(pool: Pool, notification_id: uuid.UUID, *, lease: float) -> Notification | None:
     """Take the notification for one attempt (status ``sending``); ``None`` if it is not claimable."""
     with pool.connection() as conn:
         row = conn.execute(_CLAIM, {"id": notification_id, "claimable": _CLAIMABLE, "lease": lease}).fetchone()
-    return _notification(row) if row else None
+    return rows.notification(row) if row else None
 
 
 def status_of(pool: Pool, notification_id: uuid.UUID) -> tuple[Status, float] | None:

@@ -11,7 +11,8 @@ import msgspec
 from piccolo.columns import Column
 from piccolo.engine.postgres import PostgresEngine
 
-from notifier.domain import Attempt, Channel, NewNotification, Notification, NotificationFilter, Status, sources
+from notifier.domain import Attempt, NewNotification, Notification, NotificationFilter, Status, sources
+from notifier.store import rows
 from notifier.store.tables import DeliveryAttemptTable, NotificationTable
 
 T = NotificationTable
@@ -47,26 +48,6 @@ async def disconnect() -> None:
         await engine.close_connection_pool()
 
 
-def _notification(row: dict[str, Any]) -> Notification:
-    metadata = row["metadata"]
-    return Notification(
-        id=row["id"],
-        channel=Channel(row["channel"]),
-        recipient=row["recipient"],
-        subject=row["subject"],
-        body=row["body"],
-        metadata=msgspec.json.decode(metadata) if isinstance(metadata, str | bytes) else metadata,
-        send_at=row["send_at"],
-        status=Status(row["status"]),
-        attempts=row["attempts"],
-        last_error=row["last_error"],
-        idempotency_key=row["idempotency_key"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        sent_at=row["sent_at"],
-    )
-
-
 async def insert(new: NewNotification, *, status: Status, now: datetime) -> Notification | None:
     """Store a notification; ``None`` when its idempotency key is taken already."""
     row = T(
@@ -87,28 +68,28 @@ async def insert(new: NewNotification, *, status: Status, now: datetime) -> Noti
     query = T.insert(row).returning(*COLUMNS)
     if new.idempotency_key is not None:
         query = query.on_conflict(target=T.idempotency_key, action="DO NOTHING")
-    rows = await query
-    return _notification(rows[0]) if rows else None
+    inserted = await query
+    return rows.notification(inserted[0]) if inserted else None
 
 
 async def get_by_idempotency_key(key: str) -> tuple[Notification, str | None] | None:
     row = await T.select(*COLUMNS, T.request_fingerprint).where(T.idempotency_key == key).first()
-    return (_notification(row), row["request_fingerprint"]) if row else None
+    return (rows.notification(row), row["request_fingerprint"]) if row else None
 
 
 async def get(notification_id: uuid.UUID) -> Notification | None:
     row = await T.select(*COLUMNS).where(T.id == notification_id).first()
-    return _notification(row) if row else None
+    return rows.notification(row) if row else None
 
 
 async def attempts(notification_id: uuid.UUID) -> list[Attempt]:
     A = DeliveryAttemptTable
-    rows = (
+    found = (
         await A.select(A.number, A.started_at, A.finished_at, A.outcome, A.error, A.provider_message_id)
         .where(A.notification == notification_id)
         .order_by(A.number)
     )
-    return [Attempt(**row) for row in rows]
+    return [Attempt(**row) for row in found]
 
 
 async def page(
@@ -129,15 +110,15 @@ async def page(
     if after is not None:
         created_at, last_id = after
         query = query.where((T.created_at < created_at) | ((T.created_at == created_at) & (T.id < last_id)))
-    return [_notification(row) for row in await query]
+    return [rows.notification(row) for row in await query]
 
 
 async def transition(notification_id: uuid.UUID, target: Status, *, now: datetime) -> Notification | None:
     """Move to ``target`` if the current status allows it (one conditional UPDATE); else ``None``."""
     allowed = [status.value for status in sources(target)]
     values: dict[Column | str, Any] = {T.status: target.value, T.updated_at: now}
-    rows = await T.update(values).where((T.id == notification_id) & T.status.is_in(allowed)).returning(*COLUMNS)
-    return _notification(rows[0]) if rows else None
+    updated = await T.update(values).where((T.id == notification_id) & T.status.is_in(allowed)).returning(*COLUMNS)
+    return rows.notification(updated[0]) if updated else None
 
 
 async def mark_enqueued(ids: Sequence[uuid.UUID], *, now: datetime) -> None:
