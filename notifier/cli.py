@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     worker.add_argument("--threads", type=int, default=8, help="threads per process (default: 8)")
     worker.set_defaults(run=run_worker)
 
+    scheduler = commands.add_parser(
+        "scheduler",
+        help="send periodic ticks and relay the outbox",
+        description="Run periodiq (a tick a minute that fires recurring rules) and the outbox relay "
+        "(every NOTIFIER_DELIVERY_OUTBOX_INTERVAL: promotes due notifications to the queue). "
+        "Two at once are safe: both share the work without doubling it.",
+    )
+    scheduler.set_defaults(run=run_scheduler)
+
     migrate = commands.add_parser(
         "migrate",
         help="apply database migrations",
@@ -53,8 +63,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     dev = commands.add_parser(
         "dev",
         help="run everything locally",
-        description="Run the API and a worker for local use. Without NOTIFIER_DATABASE_URL / NOTIFIER_REDIS_URL, "
-        "start an embedded PostgreSQL and Redis that keep their data under --data-dir.",
+        description="Run the API, a worker and the scheduler for local use. Without "
+        "NOTIFIER_DATABASE_URL / NOTIFIER_REDIS_URL, start an embedded PostgreSQL and Redis "
+        "that keep their data under --data-dir.",
     )
     dev.add_argument(
         "--data-dir", type=Path, default=Path(".notifier"), help="where embedded data lives (default: .notifier)"
@@ -110,6 +121,7 @@ def run_worker(args: argparse.Namespace) -> None:
     dramatiq_args = make_argument_parser().parse_args(
         [
             "notifier.worker.actors",
+            "notifier.worker.schedules",
             "--processes",
             str(args.processes),
             "--threads",
@@ -120,6 +132,37 @@ def run_worker(args: argparse.Namespace) -> None:
         ]
     )
     sys.exit(dramatiq_main(dramatiq_args))
+
+
+def run_scheduler(args: argparse.Namespace) -> None:
+    from periodiq import Scheduler
+
+    from notifier.services.relay import Relay
+    from notifier.worker import schedules
+    from notifier.worker.actors import broker, pool, settings
+    from notifier.worker.broker import enqueuer
+
+    stop = threading.Event()
+    relay = threading.Thread(
+        target=Relay(settings, pool(), enqueuer(broker)).run, args=(stop,), name="outbox-relay", daemon=True
+    )
+    relay.start()
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, terminate)
+    logger.info("scheduler started", extra={"tick": schedules.TICK})
+    periodic = [actor for actor in broker.actors.values() if "periodic" in actor.options]
+    scheduler = Scheduler(actors=periodic)
+    try:
+        scheduler.schedule()
+        scheduler.loop()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        relay.join(timeout=10)
 
 
 def run_migrate(args: argparse.Namespace) -> None:
@@ -161,6 +204,7 @@ def _serve_dev(args: argparse.Namespace, env: dict[str, str], data_dir: Path) ->
             [sys.executable, "-m", "notifier", "api", "--host", args.host, "--port", str(args.port)], env=env
         ),
         subprocess.Popen([sys.executable, "-m", "notifier", "worker", "--processes", "1", "--threads", "4"], env=env),
+        subprocess.Popen([sys.executable, "-m", "notifier", "scheduler"], env=env),
     ]
     print(
         f"\nnotifier dev is running\n"

@@ -4,7 +4,7 @@
     ├── ConfigurationError          a NOTIFIER_* variable is missing or invalid
     ├── InvalidNotification         input that breaks a rule msgspec cannot express (field, reason)
     ├── ChannelNotConfigured        the channel asked for has no provider settings
-    ├── NotificationNotFound        no notification has that id
+    ├── NotFound                    no such thing: NotificationNotFound, RuleNotFound, EventNotFound
     ├── IdempotencyConflict         the key was used before with a different request
     ├── InvalidTransition           the notification's status does not allow the change
     ├── ServiceUnavailable          PostgreSQL or Redis cannot be reached right now
@@ -43,10 +43,26 @@ class ChannelNotConfigured(InvalidNotification):
         self.channel = channel
 
 
-class NotificationNotFound(NotifierError):
-    def __init__(self, notification_id: object) -> None:
-        super().__init__(f"notification {notification_id} not found")
-        self.notification_id = notification_id
+class NotFound(NotifierError):
+    """No such thing: ``kind`` names what was looked for."""
+
+    kind = "resource"
+
+    def __init__(self, identifier: object) -> None:
+        super().__init__(f"{self.kind} {identifier} not found")
+        self.identifier = identifier
+
+
+class NotificationNotFound(NotFound):
+    kind = "notification"
+
+
+class RuleNotFound(NotFound):
+    kind = "rule"
+
+
+class EventNotFound(NotFound):
+    kind = "event"
 
 
 class IdempotencyConflict(NotifierError):

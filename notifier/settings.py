@@ -131,6 +131,20 @@ class DeliverySettings(Group, frozen=True, kw_only=True):
             raise ValueError("lease", f"must exceed 3 * NOTIFIER_DELIVERY_TIMEOUT + 5 = {self.time_limit:g} seconds")
 
 
+class SchedulerSettings(Group, frozen=True, kw_only=True):
+    env_group: ClassVar[str] = "SCHEDULER"
+    lookahead: Annotated[
+        float,
+        _doc("Seconds ahead that rule firings become notifications; more than the one-minute tick."),
+        msgspec.Meta(ge=61),
+    ] = 120.0
+    misfire_grace: Annotated[
+        float,
+        _doc("Under misfire `once`, a missed firing at most this many seconds old still fires (once)."),
+        msgspec.Meta(ge=0),
+    ] = 3600.0
+
+
 class SmtpSettings(Group, frozen=True, kw_only=True):
     env_group: ClassVar[str] = "SMTP"
     url: Annotated[
@@ -200,6 +214,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     auth: AuthSettings = AuthSettings()
     retry: RetrySettings = RetrySettings()
     delivery: DeliverySettings = DeliverySettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
     smtp: SmtpSettings = SmtpSettings()
     sms: SmsSettings = SmsSettings()
     webhook: WebhookSettings = WebhookSettings()

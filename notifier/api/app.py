@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,32 +18,32 @@ from notifier import channels
 from notifier.api.auth import ApiKeyMiddleware
 from notifier.api.dashboard import dashboard
 from notifier.api.errors import HANDLERS
+from notifier.api.events import EventController
 from notifier.api.health import healthz, readyz
 from notifier.api.notifications import NotificationController
-from notifier.services import Enqueue, Notifications
+from notifier.api.rules import RuleController
+from notifier.services import Enqueue
+from notifier.services.events import Events
+from notifier.services.notifications import Notifications
+from notifier.services.rules import Rules
 from notifier.settings import Settings
 
 
-def create_app(settings: Settings, broker: RedisBroker, enqueue: Enqueue, *, relay: bool = True) -> Litestar:
-    """Build the API from ``settings``; ``enqueue`` puts delivery messages on ``broker``.
-
-    ``relay=False`` leaves the outbox relay to other processes (tests drive it themselves).
-    """
-    service = Notifications(settings, enqueue, channels.configured(settings))
+def create_app(settings: Settings, broker: RedisBroker, enqueue: Enqueue) -> Litestar:
+    """Build the API from ``settings``; ``enqueue`` puts delivery messages on ``broker``."""
+    configured = channels.configured(settings)
+    service = Notifications(settings, enqueue, configured)
+    rules = Rules(configured)
+    events = Events(service)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await service.start()
         app.state.redis = redis.asyncio.Redis.from_url(settings.redis.url, socket_connect_timeout=2)
         app.state.notifications = service
-        relay_task = asyncio.create_task(service.relay_forever()) if relay else None
         try:
             yield
         finally:
-            if relay_task is not None:
-                relay_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await relay_task
             await app.state.redis.aclose()
             await service.stop()
             broker.close()
@@ -52,13 +51,23 @@ def create_app(settings: Settings, broker: RedisBroker, enqueue: Enqueue, *, rel
     def provide_service() -> Notifications:
         return service
 
+    def provide_rules() -> Rules:
+        return rules
+
+    def provide_events() -> Events:
+        return events
+
     middleware: list[Any] = []
     if settings.api.keys:
         middleware.append(ApiKeyMiddleware(settings.api.keys))
 
     return Litestar(
-        route_handlers=[healthz, readyz, NotificationController, dashboard(broker)],
-        dependencies={"service": Provide(provide_service, sync_to_thread=False)},
+        route_handlers=[healthz, readyz, NotificationController, RuleController, EventController, dashboard(broker)],
+        dependencies={
+            "service": Provide(provide_service, sync_to_thread=False),
+            "rules": Provide(provide_rules, sync_to_thread=False),
+            "events": Provide(provide_events, sync_to_thread=False),
+        },
         lifespan=[lifespan],
         middleware=middleware,
         exception_handlers=HANDLERS,

@@ -21,7 +21,7 @@ from notifier.errors import (
     IdempotencyConflict,
     InvalidNotification,
     InvalidTransition,
-    NotificationNotFound,
+    NotFound,
     ServiceUnavailable,
 )
 
@@ -116,7 +116,7 @@ def _invalid(request: Request[Any, Any, Any], exc: InvalidNotification) -> Respo
     return problem(request, 422, "invalid-request", "Invalid request", str(exc), [FieldError(exc.field, exc.reason)])
 
 
-def _not_found(request: Request[Any, Any, Any], exc: NotificationNotFound) -> Response[Problem]:
+def _not_found(request: Request[Any, Any, Any], exc: NotFound) -> Response[Problem]:
     return problem(request, 404, "not-found", "Not found", str(exc))
 
 
@@ -160,7 +160,7 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Pro
 
 HANDLERS: ExceptionHandlersMap = {
     InvalidNotification: _invalid,
-    NotificationNotFound: _not_found,
+    NotFound: _not_found,
     IdempotencyConflict: _conflict,
     InvalidTransition: _conflict,
     HTTPException: _http,

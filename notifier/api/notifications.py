@@ -12,7 +12,7 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 
 from notifier.api.schemas import NotificationOut, NotificationPage, NotifyRequest, decode_cursor, encode_cursor
 from notifier.domain import Channel, NotificationFilter, Status, check_text, utc
-from notifier.services import Notifications
+from notifier.services.notifications import Notifications
 
 MAX_PAGE = 200
 

@@ -68,7 +68,7 @@ class NotificationPage(msgspec.Struct, kw_only=True):
     """Pass as ``cursor`` for the next (older) page; ``null`` on the last page."""
 
 
-def encode_cursor(n: domain.Notification) -> str:
+def encode_cursor(n: domain.Notification | domain.Rule) -> str:
     raw = msgspec.json.encode([n.created_at, n.id])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -84,3 +84,25 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 class Health(msgspec.Struct):
     status: str
     checks: dict[str, str] = {}
+
+
+class RulePage(msgspec.Struct, kw_only=True):
+    items: list[domain.Rule]
+    next_cursor: str | None
+
+
+class FireTime(msgspec.Struct, kw_only=True):
+    utc: datetime
+    local: datetime
+    """The same instant on the rule's wall clock (its ``timezone``)."""
+
+
+class RulePreview(msgspec.Struct, kw_only=True):
+    rule_id: uuid.UUID
+    timezone: str
+    fire_times: list[FireTime]
+
+
+class EventOut(domain.Event, frozen=True, kw_only=True):
+    notifications: list[NotificationOut]
+    """What the event produced: one notification per recipient of each enabled rule for its type."""

@@ -13,7 +13,7 @@ from piccolo.engine.postgres import PostgresEngine
 
 from notifier.domain import Attempt, NewNotification, Notification, NotificationFilter, Status, sources
 from notifier.store import rows
-from notifier.store.tables import DeliveryAttemptTable, NotificationTable
+from notifier.store.tables import DeliveryAttemptTable, EventTable, NotificationTable, RuleTable
 
 T = NotificationTable
 COLUMNS: tuple[Column, ...] = (
@@ -31,6 +31,8 @@ COLUMNS: tuple[Column, ...] = (
     T.created_at,
     T.updated_at,
     T.sent_at,
+    T.rule,
+    T.event,
 )
 
 
@@ -38,7 +40,7 @@ async def connect(database_url: str, *, pool_size: int) -> None:
     """Open a pool and bind the tables to it, for this process; :func:`disconnect` closes it."""
     engine = PostgresEngine(config={"dsn": database_url}, log_queries=False)
     await engine.start_connection_pool(min_size=1, max_size=pool_size)
-    for table in (NotificationTable, DeliveryAttemptTable):
+    for table in (NotificationTable, DeliveryAttemptTable, RuleTable, EventTable):
         table._meta.db = engine
 
 
@@ -48,7 +50,15 @@ async def disconnect() -> None:
         await engine.close_connection_pool()
 
 
-async def insert(new: NewNotification, *, status: Status, now: datetime) -> Notification | None:
+async def insert(
+    new: NewNotification,
+    *,
+    status: Status,
+    now: datetime,
+    last_error: str | None = None,
+    rule_id: uuid.UUID | None = None,
+    event_id: uuid.UUID | None = None,
+) -> Notification | None:
     """Store a notification; ``None`` when its idempotency key is taken already."""
     row = T(
         id=uuid.uuid4(),
@@ -64,6 +74,9 @@ async def insert(new: NewNotification, *, status: Status, now: datetime) -> Noti
         request_fingerprint=new.fingerprint() if new.idempotency_key else None,
         created_at=now,
         updated_at=now,
+        last_error=last_error,
+        rule=rule_id,
+        event=event_id,
     )
     query = T.insert(row).returning(*COLUMNS)
     if new.idempotency_key is not None:
@@ -75,6 +88,10 @@ async def insert(new: NewNotification, *, status: Status, now: datetime) -> Noti
 async def get_by_idempotency_key(key: str) -> tuple[Notification, str | None] | None:
     row = await T.select(*COLUMNS, T.request_fingerprint).where(T.idempotency_key == key).first()
     return (rows.notification(row), row["request_fingerprint"]) if row else None
+
+
+async def for_event(event_id: uuid.UUID) -> list[Notification]:
+    return [rows.notification(row) for row in await T.select(*COLUMNS).where(T.event == event_id).order_by(T.id)]
 
 
 async def get(notification_id: uuid.UUID) -> Notification | None:

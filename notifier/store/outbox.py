@@ -1,41 +1,41 @@
 """The outbox: notifications PostgreSQL holds that Redis does not (or may have lost).
 
-A notification is written with ``enqueued_at`` null and enqueued right after its commit. The relay
-takes, under ``FOR UPDATE SKIP LOCKED`` so that any number of relays share the work, the rows that
-are due within the horizon and were never enqueued; those enqueued so long ago that the message
-must have been lost (Redis restarted without persistence); and those left ``sending`` past their
-lease (the worker died mid-delivery).
+A notification is written with ``enqueued_at`` null; the API enqueues it right after its commit.
+The relay takes, under ``FOR UPDATE SKIP LOCKED`` so that any number of relays share the work:
+rows due within the horizon that were never enqueued (far-future notifications, those whose
+enqueue failed, those a rule fired); rows enqueued so long ago that the message must have been
+lost (Redis restarted without persistence); and rows left ``sending`` past their lease (the
+worker died mid-delivery).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from notifier.store.tables import NotificationTable
+from notifier.store.delivery import Pool
 
 _DUE = """
 SELECT id, send_at FROM notifications
 WHERE status IN ('scheduled', 'queued', 'retrying')
-  AND COALESCE(send_at, created_at) <= {}::timestamptz
+  AND COALESCE(send_at, created_at) <= %(horizon)s
   AND (
-    (enqueued_at IS NULL AND created_at <= {}::timestamptz)
-    OR (enqueued_at <= {}::timestamptz
-                       - CASE WHEN status = 'retrying' THEN {}::interval ELSE interval '0' END
-        AND COALESCE(send_at, created_at) <= {}::timestamptz)
+    (enqueued_at IS NULL AND created_at <= %(fresh)s)
+    OR (enqueued_at <= %(requeue)s - CASE WHEN status = 'retrying' THEN %(retry_allowance)s ELSE interval '0' END
+        AND COALESCE(send_at, created_at) <= %(requeue)s)
   )
 ORDER BY COALESCE(send_at, created_at)
-LIMIT {}
+LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 """
 
 _LAPSED = """
 SELECT id, send_at FROM notifications
-WHERE status = 'sending' AND updated_at <= {}::timestamptz
+WHERE status = 'sending' AND updated_at <= %(lapsed)s
 ORDER BY updated_at
-LIMIT {}
+LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 """
 
@@ -46,8 +46,9 @@ class Pending:
     send_at: datetime | None
 
 
-async def relay(
-    enqueue: Callable[[list[Pending]], Awaitable[None]],
+def relay(
+    pool: Pool,
+    enqueue: Callable[[list[Pending]], None],
     *,
     now: datetime,
     horizon: timedelta,
@@ -61,15 +62,18 @@ async def relay(
 
     If ``enqueue`` raises, the transaction rolls back and the rows wait for the next pass.
     """
-    async with NotificationTable._meta.db.transaction():
-        rows = await NotificationTable.raw(
-            _DUE, now + horizon, now - grace, now - requeue_after, retry_allowance, now - requeue_after, limit
-        )
-        rows += await NotificationTable.raw(_LAPSED, now - lease, limit)
-        pending = [Pending(row["id"], row["send_at"]) for row in rows]
+    params = {
+        "horizon": now + horizon,
+        "fresh": now - grace,
+        "requeue": now - requeue_after,
+        "retry_allowance": retry_allowance,
+        "lapsed": now - lease,
+        "limit": limit,
+    }
+    with pool.connection() as conn, conn.transaction():
+        found = conn.execute(_DUE, params).fetchall() + conn.execute(_LAPSED, params).fetchall()
+        pending = [Pending(row["id"], row["send_at"]) for row in found]
         if pending:
-            await enqueue(pending)
-            await NotificationTable.update({NotificationTable.enqueued_at: now}).where(
-                NotificationTable.id.is_in([p.id for p in pending])
-            )
+            enqueue(pending)
+            conn.execute("UPDATE notifications SET enqueued_at = %s WHERE id = ANY(%s)", (now, [p.id for p in pending]))
     return len(pending)

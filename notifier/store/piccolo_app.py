@@ -6,7 +6,7 @@ from pathlib import Path
 
 from piccolo.conf.apps import AppConfig
 
-from notifier.store.tables import DeliveryAttemptTable, NotificationTable
+from notifier.store.tables import DeliveryAttemptTable, EventTable, NotificationTable, RuleTable
 
 
 def migrations_folder() -> Path:
@@ -18,5 +18,5 @@ def migrations_folder() -> Path:
 APP_CONFIG = AppConfig(
     app_name="notifier",
     migrations_folder_path=str(migrations_folder()),
-    table_classes=[NotificationTable, DeliveryAttemptTable],
+    table_classes=[RuleTable, EventTable, NotificationTable, DeliveryAttemptTable],
 )

@@ -6,19 +6,22 @@ from typing import Any
 
 import msgspec
 
-from notifier.domain import Channel, Notification, Status
+from notifier.domain import Channel, Event, Misfire, Notification, Rule, Status
+
+
+def _json(value: Any) -> Any:
+    # psycopg decodes JSONB; Piccolo hands it over as text.
+    return msgspec.json.decode(value) if isinstance(value, str | bytes) else value
 
 
 def notification(row: dict[str, Any]) -> Notification:
-    metadata = row["metadata"]
     return Notification(
         id=row["id"],
         channel=Channel(row["channel"]),
         recipient=row["recipient"],
         subject=row["subject"],
         body=row["body"],
-        # psycopg decodes JSONB; Piccolo hands it over as text.
-        metadata=msgspec.json.decode(metadata) if isinstance(metadata, str | bytes) else metadata,
+        metadata=_json(row["metadata"]),
         send_at=row["send_at"],
         status=Status(row["status"]),
         attempts=row["attempts"],
@@ -27,4 +30,38 @@ def notification(row: dict[str, Any]) -> Notification:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         sent_at=row["sent_at"],
+        rule_id=row.get("rule"),
+        event_id=row.get("event"),
+    )
+
+
+def rule(row: dict[str, Any]) -> Rule:
+    return Rule(
+        id=row["id"],
+        name=row["name"],
+        schedule=row["schedule"],
+        event=row["event"],
+        timezone=row["timezone"],
+        starts_at=row["starts_at"],
+        ends_at=row["ends_at"],
+        channel=Channel(row["channel"]),
+        recipients=_json(row["recipients"]),
+        subject=row["subject"],
+        body=row["body"],
+        metadata=_json(row["metadata"]),
+        enabled=row["enabled"],
+        misfire=Misfire(row["misfire"]),
+        next_fire_at=row["next_fire_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def event(row: dict[str, Any]) -> Event:
+    return Event(
+        id=row["id"],
+        type=row["type"],
+        data=_json(row["data"]),
+        idempotency_key=row["idempotency_key"],
+        created_at=row["created_at"],
     )

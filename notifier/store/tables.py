@@ -6,6 +6,7 @@ from piccolo.columns import (
     JSONB,
     UUID,
     BigSerial,
+    Boolean,
     ForeignKey,
     Integer,
     OnDelete,
@@ -15,6 +16,38 @@ from piccolo.columns import (
 )
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.table import Table
+
+
+class RuleTable(Table, tablename="rules"):
+    """A recurring (``schedule``) or event-triggered (``event``) rule; exactly one of the two is set."""
+
+    id = UUID(primary_key=True)
+    name = Varchar(length=200)
+    schedule = Varchar(length=200, null=True, default=None)
+    event = Varchar(length=200, null=True, default=None)
+    timezone = Varchar(length=64, default="UTC")
+    starts_at = Timestamptz(null=True, default=None)
+    ends_at = Timestamptz(null=True, default=None)
+    channel = Varchar(length=16)
+    recipients = JSONB(default=[])
+    subject = Text(null=True, default=None)
+    body = Text()
+    metadata = JSONB(default={})
+    enabled = Boolean(default=True)
+    misfire = Varchar(length=8, default="once")
+    next_fire_at = Timestamptz(null=True, default=None)
+    """The next firing not yet turned into notifications; null for event rules and ended schedules."""
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class EventTable(Table, tablename="events"):
+    id = UUID(primary_key=True)
+    type = Varchar(length=200)
+    data = JSONB(default={})
+    idempotency_key = Varchar(length=255, null=True, default=None, unique=True)
+    request_fingerprint = Varchar(length=64, null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())
 
 
 class NotificationTable(Table, tablename="notifications"):
@@ -36,6 +69,8 @@ class NotificationTable(Table, tablename="notifications"):
     created_at = Timestamptz(default=TimestamptzNow())
     updated_at = Timestamptz(default=TimestamptzNow())
     sent_at = Timestamptz(null=True, default=None)
+    rule = ForeignKey(references=RuleTable, on_delete=OnDelete.set_null, null=True, default=None)
+    event = ForeignKey(references=EventTable, on_delete=OnDelete.set_null, null=True, default=None)
 
 
 class DeliveryAttemptTable(Table, tablename="delivery_attempts"):

@@ -16,7 +16,7 @@ from notifier import channels
 from notifier import settings as settings_module
 from notifier.errors import TransientDeliveryError
 from notifier.observability import configure_logging
-from notifier.services import Dispatcher, NotDue
+from notifier.services.delivery import Dispatcher, NotDue
 from notifier.store import delivery as delivery_store
 from notifier.worker.broker import DELIVER_ACTOR, DELIVERY_QUEUE, build
 
@@ -25,17 +25,27 @@ configure_logging(settings.log.level)
 broker = build(settings)
 dramatiq.set_broker(broker)
 
+_lock = threading.Lock()
+_pool: delivery_store.Pool | None = None
 _dispatcher: Dispatcher | None = None
-_dispatcher_lock = threading.Lock()
+
+
+def pool() -> delivery_store.Pool:
+    """This process's database pool, opened on first use (after Dramatiq has forked the process)."""
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = delivery_store.open_pool(settings.database.url, size=settings.database.pool_size)
+        return _pool
 
 
 def dispatcher() -> Dispatcher:
-    """This process's dispatcher, built on first use (after Dramatiq has forked the process)."""
+    """This process's dispatcher, with one instance of each configured channel."""
     global _dispatcher
-    with _dispatcher_lock:
+    shared = pool()
+    with _lock:
         if _dispatcher is None:
-            pool = delivery_store.open_pool(settings.database.url, size=settings.database.pool_size)
-            _dispatcher = Dispatcher(settings, pool, channels.build(settings))
+            _dispatcher = Dispatcher(settings, shared, channels.build(settings))
         return _dispatcher
 
 

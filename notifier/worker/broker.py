@@ -14,12 +14,14 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
+from periodiq import PeriodiqMiddleware
 
 from notifier.services import Enqueue
 from notifier.settings import Settings
 
 DELIVERY_QUEUE = "notifier.deliver"
 DELIVER_ACTOR = "deliver_notification"
+SCHEDULE_QUEUE = "notifier.schedule"
 
 INFRASTRUCTURE_RETRIES = 10
 """Retries beyond the delivery attempts, for failures outside the channel (PostgreSQL away)."""
@@ -42,9 +44,13 @@ def build(settings: Settings) -> RedisBroker:
             min_backoff=int(retry.min_backoff * 1000),
             max_backoff=int(retry.max_backoff * 1000),
         ),
+        # Lets actors declare `periodic=` and drops a tick message that waited over 30 s: the
+        # tick works from the database's state, so the next one catches up.
+        PeriodiqMiddleware(skip_delay=30),
     ]
     broker = RedisBroker(client=client, namespace=settings.redis.namespace, middleware=middleware)
     broker.declare_queue(DELIVERY_QUEUE)
+    broker.declare_queue(SCHEDULE_QUEUE)
     return broker
 
 

@@ -21,11 +21,11 @@ def settings(database_url: str, redis_url: str, redis_namespace: str) -> Setting
 
 
 def make_app(settings: Settings) -> Litestar:
-    """The API as ``notifier api`` builds it, without its outbox relay (tests call the relay themselves)."""
+    """The API as ``notifier api`` builds it."""
     from notifier.api.app import create_app
 
     broker = build(settings)
-    return create_app(settings, broker, enqueuer(broker), relay=False)
+    return create_app(settings, broker, enqueuer(broker))
 
 
 @pytest.fixture

@@ -14,7 +14,9 @@ from psycopg_pool import ConnectionPool
 from notifier.channels.memory import MemoryChannel
 from notifier.domain import Channel, NewNotification, Notification
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
-from notifier.services import Delivered, Dispatcher, NotDue, Notifications
+from notifier.services.delivery import Delivered, Dispatcher, NotDue
+from notifier.services.notifications import Notifications
+from notifier.services.relay import Relay
 from notifier.settings import Settings
 from notifier.store import delivery as delivery_store
 
@@ -34,13 +36,10 @@ def accept(settings: Settings, new: NewNotification, enqueue: object = None) -> 
     return asyncio.run(run())
 
 
-async def relay_once(settings: Settings, enqueue: Callable[[Sequence[tuple[uuid.UUID, int]]], None]) -> int:
-    service = Notifications(settings, enqueue, frozenset(Channel))
-    await service.start()
-    try:
-        return await service.relay_once()
-    finally:
-        await service.stop()
+def relay_once(
+    pool: ConnectionPool, settings: Settings, enqueue: Callable[[Sequence[tuple[uuid.UUID, int]]], None]
+) -> int:
+    return Relay(settings, pool, enqueue).relay_once()
 
 
 def row(pool: ConnectionPool, notification_id: uuid.UUID) -> dict[str, object]:
@@ -192,19 +191,16 @@ def test_relay_enqueues_what_redis_missed(settings: Settings, pool: ConnectionPo
 
     enqueued: list[tuple[uuid.UUID, int]] = []
 
-    async def relay() -> int:
-        return await relay_once(settings, enqueued.extend)
-
     # Within the grace period the API's own enqueue may still be under way: the relay waits.
     with pool.connection() as conn:
         conn.execute("UPDATE notifications SET created_at = now() WHERE id = %s", (n.id,))
-    assert asyncio.run(relay()) == 0
+    assert relay_once(pool, settings, enqueued.extend) == 0
     with pool.connection() as conn:
         conn.execute("UPDATE notifications SET created_at = created_at - interval '5 seconds' WHERE id = %s", (n.id,))
-    assert asyncio.run(relay()) == 1
+    assert relay_once(pool, settings, enqueued.extend) == 1
     assert enqueued == [(n.id, 0)]
     assert row(pool, n.id)["enqueued_at"] is not None
-    assert asyncio.run(relay()) == 0  # and only once
+    assert relay_once(pool, settings, enqueued.extend) == 0  # and only once
 
 
 def test_relay_requeues_a_message_redis_lost(settings: Settings, pool: ConnectionPool) -> None:
@@ -217,10 +213,7 @@ def test_relay_requeues_a_message_redis_lost(settings: Settings, pool: Connectio
         )
     enqueued: list[tuple[uuid.UUID, int]] = []
 
-    async def relay() -> int:
-        return await relay_once(settings, enqueued.extend)
-
-    assert asyncio.run(relay()) == 1
+    assert relay_once(pool, settings, enqueued.extend) == 1
     assert enqueued == [(n.id, 0)]
 
 
@@ -237,7 +230,7 @@ def test_a_lapsed_lease_is_delivered_again(
             (settings.delivery.lease + 1, n.id),
         )
     enqueued: list[tuple[uuid.UUID, int]] = []
-    assert asyncio.run(relay_once(settings, enqueued.extend)) == 1
+    assert relay_once(pool, settings, enqueued.extend) == 1
     assert enqueued == [(n.id, 0)]
     assert dispatcher.deliver(n.id) == Delivered("sent")
     assert [(a["number"], a["outcome"]) for a in attempts(pool, n.id)] == [(1, "abandoned"), (2, "sent")]

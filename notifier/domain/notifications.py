@@ -90,6 +90,10 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
+    rule_id: uuid.UUID | None = None
+    """The rule whose firing created it, if one did."""
+    event_id: uuid.UUID | None = None
+    """The event that triggered it, if one did."""
 
 
 class NewNotification(msgspec.Struct, frozen=True, kw_only=True):

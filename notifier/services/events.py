@@ -1,0 +1,103 @@
+"""Events (async, for the API): store one, fan it out to the enabled rules for its type."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from notifier.domain import Event, NewEvent, Notification, Status, check_text, materialise
+from notifier.domain.rules import EVENT_TYPE
+from notifier.errors import EventNotFound, IdempotencyConflict, InvalidNotification
+from notifier.services import now
+from notifier.services.notifications import Notifications
+from notifier.store import events as store
+from notifier.store import notifications as notification_store
+from notifier.store import rules as rule_store
+
+logger = logging.getLogger("notifier.services.events")
+
+MAX_DATA_BYTES = 65_536
+
+
+@dataclass(frozen=True)
+class Published:
+    event: Event
+    notifications: list[Notification]
+    created: bool
+    """``False`` when an earlier request with the same idempotency key is being answered again."""
+
+
+def validate_event(new: NewEvent) -> None:
+    check_text("type", new.type)
+    if not EVENT_TYPE.match(new.type):
+        raise InvalidNotification("type", "must be 1-200 letters, digits, '_', '.', ':' or '-'")
+    data = msgspec.json.encode(new.data)
+    if len(data) > MAX_DATA_BYTES:
+        raise InvalidNotification("data", f"must encode to at most {MAX_DATA_BYTES} bytes of JSON")
+    if b"\\u0000" in data:
+        raise InvalidNotification("data", "must not contain NUL characters")
+    if new.idempotency_key is not None:
+        check_text("idempotency_key", new.idempotency_key)
+
+
+class Events:
+    def __init__(self, notifications: Notifications) -> None:
+        self.notifications = notifications
+
+    async def publish(self, new: NewEvent) -> Published:
+        """Store the event and its notifications in one transaction, then enqueue them.
+
+        The same idempotency key never fans out twice: the event is inserted first, and a key
+        already taken answers with what the first request produced.
+        """
+        validate_event(new)
+        current = now()
+        async with store.transaction():  # type: ignore[attr-defined]
+            event = await store.insert(new, now=current)
+            if event is None:
+                return await self._replay(new)
+            created: list[Notification] = []
+            context: dict[str, Any] = {
+                "event": {"id": str(event.id), "type": event.type, "created_at": event.created_at.isoformat()},
+                "data": event.data,
+            }
+            for rule in await rule_store.for_event(event.type):
+                key = f"event:{event.id}:rule:{rule.id}"
+                for made in materialise(rule, context=context, key=key, send_at=None):
+                    stored = await notification_store.insert(
+                        made.notification,
+                        status=Status.FAILED if made.failure else Status.QUEUED,
+                        now=current,
+                        last_error=made.failure,
+                        rule_id=rule.id,
+                        event_id=event.id,
+                    )
+                    if stored is not None:
+                        created.append(stored)
+                    if made.failure:
+                        logger.error(
+                            "event rule failed",
+                            extra={"event_id": str(event.id), "rule_id": str(rule.id), "error": made.failure},
+                        )
+        await self.notifications.enqueue_due([n for n in created if n.status is Status.QUEUED], current)
+        return Published(event, created, created=True)
+
+    async def _replay(self, new: NewEvent) -> Published:
+        assert new.idempotency_key is not None
+        found = await store.get_by_idempotency_key(new.idempotency_key)
+        if found is None:
+            raise IdempotencyConflict(new.idempotency_key)
+        event, fingerprint = found
+        if fingerprint != new.fingerprint():
+            raise IdempotencyConflict(new.idempotency_key)
+        return Published(event, await notification_store.for_event(event.id), created=False)
+
+    async def get(self, event_id: uuid.UUID) -> tuple[Event, list[Notification]]:
+        event = await store.get(event_id)
+        if event is None:
+            raise EventNotFound(event_id)
+        return event, await notification_store.for_event(event_id)

@@ -1,0 +1,153 @@
+"""Rules: managing them (async, for the API) and firing the due ones (sync, for the scheduler tick)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from notifier.cron import CronSchedule
+from notifier.domain import (
+    Channel,
+    NewRule,
+    Rule,
+    RulePatch,
+    Status,
+    first_firing,
+    materialise,
+    plan_firings,
+    validate_rule,
+)
+from notifier.errors import ChannelNotConfigured, InvalidNotification, RuleNotFound
+from notifier.services import now
+from notifier.settings import Settings
+from notifier.store import firings as firing_store
+from notifier.store import rules as store
+from notifier.store.delivery import Pool
+
+logger = logging.getLogger("notifier.services.rules")
+
+MAX_PREVIEW = 1000
+LATE_AFTER = timedelta(seconds=60)
+"""A firing further than one tick in the past was missed (nothing ran), not merely late."""
+RULES_PER_TICK = 200
+
+
+def _next_fire_at(new: NewRule, current: datetime) -> datetime | None:
+    if new.schedule is None or not new.enabled:
+        return None
+    at = first_firing(CronSchedule.parse(new.schedule, new.timezone), now=current, starts_at=new.starts_at)
+    return None if new.ends_at is not None and at > new.ends_at else at
+
+
+class Rules:
+    """The API's use cases for rules."""
+
+    def __init__(self, configured: frozenset[Channel]) -> None:
+        self.configured = configured
+
+    def _check(self, new: NewRule) -> NewRule:
+        new = validate_rule(new)
+        if new.channel not in self.configured:
+            raise ChannelNotConfigured(new.channel, "the channel's settings")
+        return new
+
+    async def create(self, new: NewRule) -> Rule:
+        new = self._check(new)
+        current = now()
+        return await store.insert(new, next_fire_at=_next_fire_at(new, current), now=current)
+
+    async def get(self, rule_id: uuid.UUID) -> Rule:
+        found = await store.get(rule_id)
+        if found is None:
+            raise RuleNotFound(rule_id)
+        return found
+
+    async def page(self, *, after: tuple[datetime, uuid.UUID] | None, limit: int, enabled: bool | None) -> list[Rule]:
+        return await store.page(after=after, limit=limit, enabled=enabled)
+
+    async def update(self, rule_id: uuid.UUID, patch: RulePatch) -> Rule:
+        rule = await self.get(rule_id)
+        new = self._check(patch.apply(rule))
+        current = now()
+        reschedule = patch.reschedules() or new.schedule != rule.schedule
+        updated = await store.update(
+            rule_id, new, next_fire_at=_next_fire_at(new, current), reschedule=reschedule, now=current
+        )
+        if updated is None:
+            raise RuleNotFound(rule_id)
+        return updated
+
+    async def delete(self, rule_id: uuid.UUID) -> None:
+        if not await store.delete(rule_id):
+            raise RuleNotFound(rule_id)
+
+    async def preview(self, rule_id: uuid.UUID, *, after: datetime | None, count: int) -> tuple[Rule, list[datetime]]:
+        rule = await self.get(rule_id)
+        if rule.schedule is None:
+            raise InvalidNotification("schedule", "an event rule has no schedule to preview")
+        start = after or now()
+        if rule.starts_at is not None and start < rule.starts_at:
+            start = rule.starts_at - timedelta(microseconds=1)
+        times = rule.cron().preview(start, count)
+        if rule.ends_at is not None:
+            times = [t for t in times if t <= rule.ends_at]
+        return rule, times
+
+
+class RuleScheduler:
+    """The scheduler tick's use case: turn the due firings of schedule rules into notifications."""
+
+    def __init__(self, settings: Settings, pool: Pool) -> None:
+        self.settings = settings
+        self.pool = pool
+
+    def fire_due(self, current: datetime | None = None) -> int:
+        """Plan and create the firings due up to now + lookahead; returns notifications created."""
+        current = current or now()
+        scheduler = self.settings.scheduler
+        created = 0
+        with firing_store.transaction(self.pool) as conn:
+            due = firing_store.due_rules(
+                conn, horizon=current + timedelta(seconds=scheduler.lookahead), limit=RULES_PER_TICK
+            )
+            for rule in due:
+                assert rule.next_fire_at is not None
+                planned, next_fire_at = plan_firings(
+                    rule.cron(),
+                    next_fire_at=rule.next_fire_at,
+                    now=current,
+                    lookahead=timedelta(seconds=scheduler.lookahead),
+                    misfire=rule.misfire,
+                    grace=timedelta(seconds=scheduler.misfire_grace),
+                    late_after=LATE_AFTER,
+                    ends_at=rule.ends_at,
+                )
+                zone = ZoneInfo(rule.timezone)
+                for firing in planned:
+                    context = {
+                        "rule": {"id": str(rule.id), "name": rule.name},
+                        "fire_time": firing.at.isoformat(),
+                        "local_time": firing.at.astimezone(zone).isoformat(),
+                        "missed": firing.missed,
+                    }
+                    key = f"rule:{rule.id}:{firing.at:%Y%m%dT%H%M%SZ}"
+                    for made in materialise(rule, context=context, key=key, send_at=firing.at):
+                        status = Status.FAILED if made.failure else Status.SCHEDULED
+                        created += firing_store.insert_notification(
+                            conn, made.notification, status=status, last_error=made.failure, rule_id=rule.id
+                        )
+                        if made.failure:
+                            logger.error(
+                                "rule firing failed",
+                                extra={
+                                    "rule_id": str(rule.id),
+                                    "fire_time": firing.at.isoformat(),
+                                    "error": made.failure,
+                                },
+                            )
+                firing_store.set_next_fire_at(conn, rule.id, next_fire_at)
+        if created:
+            logger.info("rules fired", extra={"notifications": created})
+        return created
