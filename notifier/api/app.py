@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import redis.asyncio
@@ -29,11 +29,12 @@ from notifier.services.rules import Rules
 from notifier.settings import Settings
 
 
-def create_app(settings: Settings, broker: RedisBroker, enqueue: Enqueue) -> Litestar:
-    """Build the API from ``settings``; ``enqueue`` puts delivery messages on ``broker``."""
+def create_app(settings: Settings, broker: RedisBroker, enqueue: Enqueue, tick: Callable[[], None]) -> Litestar:
+    """Build the API from ``settings``; ``enqueue`` puts delivery messages on ``broker``, ``tick``
+    asks for a scheduler tick."""
     configured = channels.configured(settings)
     service = Notifications(settings, enqueue, configured)
-    rules = Rules(configured)
+    rules = Rules(configured, tick)
     events = Events(service)
 
     @contextlib.asynccontextmanager

@@ -48,6 +48,8 @@ class NotificationController(Controller):
         recipient: FromQuery[str | None] = None,
         created_after: FromQuery[datetime | None] = None,
         created_before: FromQuery[datetime | None] = None,
+        rule_id: FromQuery[uuid.UUID | None] = None,
+        event_id: FromQuery[uuid.UUID | None] = None,
         cursor: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 50,
     ) -> NotificationPage:
@@ -60,6 +62,8 @@ class NotificationController(Controller):
             recipient=recipient,
             created_after=None if created_after is None else utc("created_after", created_after),
             created_before=None if created_before is None else utc("created_before", created_before),
+            rule_id=rule_id,
+            event_id=event_id,
         )
         after = decode_cursor(cursor) if cursor else None
         rows = await service.page(filters, after=after, limit=limit + 1)

@@ -189,3 +189,5 @@ class NotificationFilter:
     recipient: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    rule_id: uuid.UUID | None = None
+    event_id: uuid.UUID | None = None

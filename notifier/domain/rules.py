@@ -230,16 +230,19 @@ class Materialised(msgspec.Struct, frozen=True, kw_only=True):
     failure: str | None = None
 
 
-def materialise(rule: Rule, *, context: dict[str, Any], key: str, send_at: datetime | None) -> list[Materialised]:
+def materialise(
+    rule: Rule, *, context: dict[str, Any], key: str, send_at: datetime | None, about: dict[str, Any] | None = None
+) -> list[Materialised]:
     """One notification per recipient, rendered against ``context``.
 
-    ``key`` makes the firing's idempotency keys: the same firing materialised twice (two
+    ``metadata.rule`` records the rule (and ``about``, what the firing was); ``key`` makes the
+    firing's idempotency keys: the same firing materialised twice (two
     schedulers, an event replayed) yields the same keys, which the database keeps unique. A
     template that cannot be rendered, or a rendered recipient that is not valid for the channel,
     yields a notification that fails with the reason instead of one sent half-rendered.
     """
     produced = []
-    metadata = {**rule.metadata, "rule": {"id": str(rule.id), "name": rule.name}}
+    metadata = {**rule.metadata, "rule": {"id": str(rule.id), "name": rule.name, **(about or {})}}
     for i, template in enumerate(rule.recipients):
         digest = hashlib.sha256(template.encode()).hexdigest()[:16]
         base = NewNotification(

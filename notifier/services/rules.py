@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
+
+import anyio.to_thread
 
 from notifier.cron import CronSchedule
 from notifier.domain import (
@@ -42,10 +45,23 @@ def _next_fire_at(new: NewRule, current: datetime) -> datetime | None:
 
 
 class Rules:
-    """The API's use cases for rules."""
+    """The API's use cases for rules.
 
-    def __init__(self, configured: frozenset[Channel]) -> None:
+    ``nudge`` asks for a scheduler tick now (blocking; it may fail, the minute tick catches up),
+    so that a rule created or changed between two ticks has its first firings planned at once.
+    """
+
+    def __init__(self, configured: frozenset[Channel], nudge: Callable[[], None]) -> None:
         self.configured = configured
+        self._nudge = nudge
+
+    async def nudge(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._nudge)
+        except Exception as exc:
+            logger.warning(
+                "could not ask for a scheduler tick; the next one comes within a minute", extra={"error": repr(exc)}
+            )
 
     def _check(self, new: NewRule) -> NewRule:
         new = validate_rule(new)
@@ -56,7 +72,10 @@ class Rules:
     async def create(self, new: NewRule) -> Rule:
         new = self._check(new)
         current = now()
-        return await store.insert(new, next_fire_at=_next_fire_at(new, current), now=current)
+        rule = await store.insert(new, next_fire_at=_next_fire_at(new, current), now=current)
+        if rule.next_fire_at is not None:
+            await self.nudge()
+        return rule
 
     async def get(self, rule_id: uuid.UUID) -> Rule:
         found = await store.get(rule_id)
@@ -77,6 +96,8 @@ class Rules:
         )
         if updated is None:
             raise RuleNotFound(rule_id)
+        if reschedule and updated.next_fire_at is not None:
+            await self.nudge()
         return updated
 
     async def delete(self, rule_id: uuid.UUID) -> None:
@@ -133,7 +154,8 @@ class RuleScheduler:
                         "missed": firing.missed,
                     }
                     key = f"rule:{rule.id}:{firing.at:%Y%m%dT%H%M%SZ}"
-                    for made in materialise(rule, context=context, key=key, send_at=firing.at):
+                    about = {"fire_time": firing.at.isoformat(), **({"missed": firing.missed} if firing.missed else {})}
+                    for made in materialise(rule, context=context, key=key, send_at=firing.at, about=about):
                         status = Status.FAILED if made.failure else Status.SCHEDULED
                         created += firing_store.insert_notification(
                             conn, made.notification, status=status, last_error=made.failure, rule_id=rule.id

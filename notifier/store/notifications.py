@@ -120,6 +120,10 @@ async def page(
         query = query.where(T.channel == filters.channel.value)
     if filters.recipient is not None:
         query = query.where(T.recipient == filters.recipient)
+    if filters.rule_id is not None:
+        query = query.where(T.rule == filters.rule_id)
+    if filters.event_id is not None:
+        query = query.where(T.event == filters.event_id)
     if filters.created_after is not None:
         query = query.where(T.created_at >= filters.created_after)
     if filters.created_before is not None:

@@ -8,7 +8,7 @@ dashboard). Both agree on the queue and actor names below.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dramatiq
 import redis
@@ -22,6 +22,7 @@ from notifier.settings import Settings
 DELIVERY_QUEUE = "notifier.deliver"
 DELIVER_ACTOR = "deliver_notification"
 SCHEDULE_QUEUE = "notifier.schedule"
+FIRE_SCHEDULES_ACTOR = "fire_schedules"
 
 INFRASTRUCTURE_RETRIES = 10
 """Retries beyond the delivery attempts, for failures outside the channel (PostgreSQL away)."""
@@ -52,6 +53,18 @@ def build(settings: Settings) -> RedisBroker:
     broker.declare_queue(DELIVERY_QUEUE)
     broker.declare_queue(SCHEDULE_QUEUE)
     return broker
+
+
+def ticker(broker: RedisBroker) -> Callable[[], None]:
+    """Sends one ``fire_schedules`` message now, outside periodiq's minute ticks."""
+
+    def tick() -> None:
+        message: dramatiq.Message[None] = dramatiq.Message(
+            queue_name=SCHEDULE_QUEUE, actor_name=FIRE_SCHEDULES_ACTOR, args=(), kwargs={}, options={}
+        )
+        broker.enqueue(message)
+
+    return tick
 
 
 def enqueuer(broker: RedisBroker) -> Enqueue:

@@ -12,13 +12,13 @@ from periodiq import cron
 
 from notifier.services.rules import RuleScheduler
 from notifier.worker.actors import pool, settings
-from notifier.worker.broker import SCHEDULE_QUEUE
+from notifier.worker.broker import FIRE_SCHEDULES_ACTOR, SCHEDULE_QUEUE
 
 TICK = "* * * * *"
 
 
 @dramatiq.actor(
-    actor_name="fire_schedules",
+    actor_name=FIRE_SCHEDULES_ACTOR,
     queue_name=SCHEDULE_QUEUE,
     periodic=cron(TICK),
     max_retries=0,

@@ -62,19 +62,28 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 
 
 class Stack:
-    """The API and a worker, with an authenticated client for the API."""
+    """The API, a worker and (unless told otherwise) a scheduler, with a client for the API."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, *, schedulers: int = 1) -> None:
+        self.env, self.log_dir = env, log_dir
         self.port = free_port()
         self.api = Process("api", ["api", "--port", str(self.port)], env, log_dir)
         self.worker = Process("worker", ["worker", "--processes", "1", "--threads", "4"], env, log_dir)
+        self.schedulers = [self.start_scheduler() for _ in range(schedulers)]
         self.client = httpx.Client(
             base_url=f"http://127.0.0.1:{self.port}", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
         )
 
+    @property
+    def processes(self) -> list[Process]:
+        return [self.api, self.worker, *self.schedulers]
+
+    def start_scheduler(self) -> Process:
+        return Process(f"scheduler-{len(getattr(self, 'schedulers', []))}", ["scheduler"], self.env, self.log_dir)
+
     def wait_ready(self) -> None:
         def ready() -> bool:
-            for process in (self.api, self.worker):
+            for process in self.processes:
                 assert process.popen.poll() is None, f"{process.name} exited:\n{process.log()}"
             ok = self.client.get("/readyz").status_code == 200
             return ok and "Worker process is ready" in self.worker.log()
@@ -95,14 +104,20 @@ class Stack:
         result: dict[str, Any] = wait_until(reached, timeout, f"notification {notification_id} to be {status}")
         return result
 
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} log ---\n{p.log()}" for p in self.processes)
+
     def stop(self) -> None:
         self.client.close()
-        for process in (self.api, self.worker):
+        for process in self.processes:
             process.stop()
 
 
+StartStack = Callable[..., Stack]
+
+
 @pytest.fixture
-def stack(
+def start_stack(
     database_url: str,
     redis_url: str,
     redis_namespace: str,
@@ -111,8 +126,9 @@ def stack(
     webhook_receiver: WebhookPeer,
     tmp_path: Path,
     request: pytest.FixtureRequest,
-) -> Iterator[Stack]:
-    env = notifier_env(
+) -> Iterator[StartStack]:
+    """Start a stack against this test's database, Redis namespace and peers; extra settings as keywords."""
+    base = notifier_env(
         database_url,
         redis_url,
         redis_namespace,
@@ -128,14 +144,26 @@ def stack(
         NOTIFIER_RETRY_MAX_BACKOFF="1",
         NOTIFIER_DELIVERY_TIMEOUT="3",
     )
-    running = Stack(env, tmp_path)
-    try:
+    started: list[Stack] = []
+
+    def start(*, schedulers: int = 1, **extra: str) -> Stack:
+        running = Stack({**base, **extra}, tmp_path, schedulers=schedulers)
+        started.append(running)
         running.wait_ready()
-        yield running
+        return running
+
+    try:
+        yield start
     finally:
-        running.stop()
-        if os.environ.get("NOTIFIER_TEST_SHOW_LOGS") or getattr(request.node, "rep_call_failed", False):
-            print(f"--- api log ---\n{running.api.log()}\n--- worker log ---\n{running.worker.log()}")
+        for running in started:
+            running.stop()
+            if os.environ.get("NOTIFIER_TEST_SHOW_LOGS") or getattr(request.node, "rep_call_failed", False):
+                print(running.logs())
+
+
+@pytest.fixture
+def stack(start_stack: StartStack) -> Stack:
+    return start_stack()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "compose.yaml"
-NOTIFIER_SERVICES = ("migrate", "api", "worker")
-HANDLERS = ("run_api", "run_worker", "run_migrate", "run_dev", "run_settings")
+NOTIFIER_SERVICES = ("migrate", "api", "worker", "scheduler")
+HANDLERS = ("run_api", "run_worker", "run_scheduler", "run_migrate", "run_dev", "run_settings")
 
 
 def _tool(name: str, dev_dependency: str) -> str:
@@ -151,7 +151,7 @@ def test_notifier_services_share_one_image_and_one_environment(compose_file: dic
         assert services[name].get("environment") == shared, f"{name} does not use the x-notifier-env anchor"
 
 
-@pytest.mark.parametrize("service", ["api", "worker"])
+@pytest.mark.parametrize("service", ["api", "worker", "scheduler"])
 def test_api_and_worker_wait_for_migrations(service: str, compose_model: dict[str, Any]) -> None:
     depends_on = compose_model["services"][service].get("depends_on", {})
     assert depends_on.get("migrate", {}).get("condition") == "service_completed_successfully"
@@ -190,7 +190,8 @@ def _dispatch(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.mark.parametrize(
-    ("service", "handler"), [("migrate", "run_migrate"), ("api", "run_api"), ("worker", "run_worker")]
+    ("service", "handler"),
+    [("migrate", "run_migrate"), ("api", "run_api"), ("worker", "run_worker"), ("scheduler", "run_scheduler")],
 )
 def test_compose_commands_are_notifier_commands(
     service: str, handler: str, compose_model: dict[str, Any], monkeypatch: pytest.MonkeyPatch
