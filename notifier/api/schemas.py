@@ -54,11 +54,15 @@ class NotifyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class NotificationOut(domain.Notification, frozen=True, kw_only=True):
     """A notification as the API shows it; ``delivery_attempts`` only where one is shown alone."""
 
+    lateness: float | None = None
+    """Seconds from ``send_at`` (or creation) to ``sent_at``: how late it went out; null until sent."""
     delivery_attempts: list[Attempt] | msgspec.UnsetType = msgspec.UNSET
 
     @classmethod
     def of(cls, n: domain.Notification, attempts: list[Attempt] | None = None) -> NotificationOut:
         fields = msgspec.structs.asdict(n)
+        if n.sent_at is not None:
+            fields["lateness"] = round((n.sent_at - (n.send_at or n.created_at)).total_seconds(), 3)
         return cls(**fields) if attempts is None else cls(**fields, delivery_attempts=attempts)
 
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from notifier.channels.base import Channel as ChannelImpl
 from notifier.domain import Channel
+from notifier.errors import ChannelNotConfigured
 from notifier.settings import Settings, SmtpServer
+
+SETTING = {Channel.EMAIL: "NOTIFIER_SMTP_URL", Channel.SMS: "NOTIFIER_SMS_BASE_URL"}
+"""The variable that turns a channel on, for the channels that are off until configured."""
+
+
+def check_configured(channel: Channel, enabled: frozenset[Channel]) -> None:
+    if channel not in enabled:
+        raise ChannelNotConfigured(channel, SETTING.get(channel, "its settings"))
 
 
 def configured(settings: Settings) -> frozenset[Channel]:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 import anyio.to_thread
 
+from notifier.channels import check_configured
 from notifier.domain import (
     Attempt,
     Channel,
@@ -20,14 +21,12 @@ from notifier.domain import (
     check_transition,
     validate,
 )
-from notifier.errors import ChannelNotConfigured, IdempotencyConflict, InvalidTransition, NotificationNotFound
+from notifier.errors import IdempotencyConflict, InvalidTransition, NotificationNotFound
 from notifier.services import Enqueue, delay_ms, now
 from notifier.settings import Settings
 from notifier.store import notifications as store
 
 logger = logging.getLogger("notifier.services")
-
-_CHANNEL_SETTING = {Channel.EMAIL: "NOTIFIER_SMTP_URL", Channel.SMS: "NOTIFIER_SMS_BASE_URL"}
 
 
 @dataclass(frozen=True)
@@ -55,8 +54,7 @@ class Notifications:
     async def accept(self, new: NewNotification) -> Accepted:
         """Validate, store (committed), then enqueue; a failed enqueue is left to the relay."""
         new = validate(new)
-        if new.channel not in self.configured:
-            raise ChannelNotConfigured(new.channel, _CHANNEL_SETTING.get(new.channel, ""))
+        check_configured(new.channel, self.configured)
         current = now()
         due = new.send_at is None or new.send_at <= current
         stored = await store.insert(new, status=Status.QUEUED if due else Status.SCHEDULED, now=current)

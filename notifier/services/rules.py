@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import anyio.to_thread
 
+from notifier.channels import check_configured
 from notifier.cron import CronSchedule
 from notifier.domain import (
     Channel,
@@ -22,7 +23,7 @@ from notifier.domain import (
     plan_firings,
     validate_rule,
 )
-from notifier.errors import ChannelNotConfigured, InvalidNotification, RuleNotFound
+from notifier.errors import InvalidNotification, RuleNotFound
 from notifier.services import now
 from notifier.settings import Settings
 from notifier.store import firings as firing_store
@@ -65,8 +66,7 @@ class Rules:
 
     def _check(self, new: NewRule) -> NewRule:
         new = validate_rule(new)
-        if new.channel not in self.configured:
-            raise ChannelNotConfigured(new.channel, "the channel's settings")
+        check_configured(new.channel, self.configured)
         return new
 
     async def create(self, new: NewRule) -> Rule:

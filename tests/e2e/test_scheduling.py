@@ -113,6 +113,7 @@ def test_a_scheduler_stopped_across_due_times_catches_up_per_misfire_policy(
     assert catch_up["metadata"]["rule"]["missed"] >= 9  # once for all the firings missed
     late = lateness(stack.client.get(f"/notifications/{catch_up['id']}").json())
     assert 60 <= late < 180, late  # the latest missed firing, sent as soon as the scheduler was back
+    assert catch_up["lateness"] >= late  # the record says how late it went out
     assert len(missed("once")) == 1
     later = wait_until(lambda: rule_notifications(stack, rules["skip"]["id"]), 60, "the skip rule's next firing")
     assert missed("skip") == []

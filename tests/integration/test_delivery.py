@@ -251,3 +251,40 @@ def test_a_message_that_loses_the_claim_to_a_retry_is_dropped(
         conn.execute("UPDATE notifications SET status = 'retrying' WHERE id = %s", (n.id,))
     assert dispatcher._unclaimed(n.id) == Delivered("skipped")
     assert memory.sent == []
+
+
+def test_a_far_future_notification_waits_in_postgres_and_can_be_cancelled(
+    settings: Settings, pool: ConnectionPool
+) -> None:
+    year_ahead = NewNotification(
+        channel=Channel.LOG, recipient="ops", body="renewal", send_at=datetime.now(UTC) + timedelta(days=365)
+    )
+    enqueued: list[tuple[uuid.UUID, int]] = []
+    n = accept(settings, year_ahead, enqueue=enqueued.extend)
+    assert enqueued == []  # not in Redis
+    with pool.connection() as conn:
+        conn.execute("UPDATE notifications SET created_at = created_at - interval '1 minute' WHERE id = %s", (n.id,))
+    assert relay_once(pool, settings, enqueued.extend) == 0  # nor promoted: it is not due within the horizon
+    with pool.connection() as conn:
+        conn.execute("UPDATE notifications SET status = 'cancelled' WHERE id = %s", (n.id,))
+        conn.execute("UPDATE notifications SET send_at = now() + interval '1 second' WHERE id = %s", (n.id,))
+    assert relay_once(pool, settings, enqueued.extend) == 0  # cancelled: never promoted
+
+
+def test_a_notification_due_while_everything_was_down_goes_out_when_back(
+    settings: Settings, pool: ConnectionPool
+) -> None:
+    n = accept(
+        settings,
+        NewNotification(channel=Channel.LOG, recipient="ops", body="x", send_at=datetime.now(UTC) + timedelta(days=1)),
+        enqueue=lambda items: None,
+    )
+    with pool.connection() as conn:  # its day came and went while nothing ran
+        conn.execute(
+            "UPDATE notifications SET send_at = now() - interval '3 hours', created_at = now() - interval '1 day'"
+            " WHERE id = %s",
+            (n.id,),
+        )
+    enqueued: list[tuple[uuid.UUID, int]] = []
+    assert relay_once(pool, settings, enqueued.extend) == 1
+    assert enqueued == [(n.id, 0)]  # at once, no delay

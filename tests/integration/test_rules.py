@@ -84,6 +84,7 @@ def test_create_show_list_patch_delete(client: Client) -> None:
         ({"starts_at": "2030-01-02T00:00:00Z", "ends_at": "2030-01-01T00:00:00Z"}, "ends_at"),
         ({"misfire": "twice"}, "misfire"),
         ({"cadence": "daily"}, "cadence"),
+        ({"channel": "sms", "recipients": ["+14155552671"]}, "channel"),
     ],
 )
 def test_bad_rules_are_refused_naming_the_field(client: Client, change: dict[str, Any], field: str) -> None:
