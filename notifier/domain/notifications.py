@@ -155,6 +155,17 @@ def utc(field: str, value: datetime) -> datetime:
         raise InvalidNotification(field, "is out of range") from None
 
 
+EARLIEST_YEAR, LATEST_YEAR = 1970, 9000
+
+
+def schedule_time(field: str, value: datetime) -> datetime:
+    """A time a schedule is computed from or up to: in UTC, between 1970 and 9000."""
+    value = utc(field, value)
+    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+        raise InvalidNotification(field, f"must lie between the years {EARLIEST_YEAR} and {LATEST_YEAR}")
+    return value
+
+
 def check_text(field: str, value: str) -> None:
     """PostgreSQL text cannot hold NUL; refuse it here rather than fail in the database."""
     if "\x00" in value:

@@ -27,7 +27,7 @@ from notifier.domain.notifications import (
     NewNotification,
     check_text,
     normalise_recipient,
-    utc,
+    schedule_time,
     validate,
 )
 from notifier.errors import InvalidNotification
@@ -63,6 +63,8 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True):
     next_fire_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    revision: int = 1
+    """Counts changes to the rule; its firings' idempotency keys include it."""
 
     def cron(self) -> CronSchedule:
         assert self.schedule is not None, "an event rule has no schedule"
@@ -115,8 +117,8 @@ def validate_rule(new: NewRule) -> NewRule:
     CronSchedule.parse(new.schedule or "@daily", new.timezone)  # checks the expression and the zone
     if new.event is not None and not EVENT_TYPE.match(new.event):
         raise InvalidNotification("event", "must be 1-200 letters, digits, '_', '.', ':' or '-'")
-    starts_at = None if new.starts_at is None else utc("starts_at", new.starts_at)
-    ends_at = None if new.ends_at is None else utc("ends_at", new.ends_at)
+    starts_at = None if new.starts_at is None else schedule_time("starts_at", new.starts_at)
+    ends_at = None if new.ends_at is None else schedule_time("ends_at", new.ends_at)
     if starts_at is not None and ends_at is not None and ends_at <= starts_at:
         raise InvalidNotification("ends_at", "must be after starts_at")
     if not 1 <= len(new.recipients) <= MAX_RECIPIENTS:
@@ -167,7 +169,9 @@ class RulePatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     def reschedules(self) -> bool:
         """Whether the rule's next firing must be computed anew (from now)."""
-        return any(getattr(self, f) is not msgspec.UNSET for f in ("schedule", "timezone", "starts_at", "enabled"))
+        return any(
+            getattr(self, f) is not msgspec.UNSET for f in ("schedule", "timezone", "starts_at", "ends_at", "enabled")
+        )
 
 
 def first_firing(schedule: CronSchedule, *, now: datetime, starts_at: datetime | None) -> datetime:
@@ -198,14 +202,18 @@ def plan_firings(
 
     Firings due up to ``now + lookahead`` are planned ahead, so their notifications are in
     PostgreSQL before they are due. A firing more than ``late_after`` in the past was missed while
-    nothing ran: ``skip`` drops it; ``once`` fires once for all missed firings, at the latest of
-    them, if that one is within ``grace``. The next ``next_fire_at`` is ``None`` once ``ends_at``
-    is passed.
+    nothing ran: ``skip`` drops it; ``once`` fires once for the missed firings within ``grace``,
+    at the latest of them (``missed`` counts them); older ones are dropped. The next
+    ``next_fire_at`` is ``None`` once ``ends_at`` is passed.
     """
     horizon = now + lookahead
     missed: list[datetime] = []
     on_time: list[Firing] = []
     at: datetime | None = next_fire_at
+    if next_fire_at < now - grace:
+        # Firings older than the grace window are dropped under either policy: skip straight past
+        # them rather than step through a long outage one firing at a time.
+        at = schedule.next_after(now - grace - timedelta(microseconds=1))
     while at is not None and at <= horizon:
         if ends_at is not None and at > ends_at:
             at = None

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 import msgspec
 
-from notifier.domain import Event, NewEvent, Notification, Status, check_text, materialise
+from notifier.domain import (
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    Event,
+    NewEvent,
+    Notification,
+    Status,
+    check_text,
+    materialise,
+)
 from notifier.domain.rules import EVENT_TYPE
 from notifier.errors import EventNotFound, IdempotencyConflict, InvalidNotification
 from notifier.services import now
@@ -42,6 +52,8 @@ def validate_event(new: NewEvent) -> None:
         raise InvalidNotification("data", "must not contain NUL characters")
     if new.idempotency_key is not None:
         check_text("idempotency_key", new.idempotency_key)
+        if not 1 <= len(new.idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise InvalidNotification("idempotency_key", f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters")
 
 
 class Events:
@@ -65,9 +77,12 @@ class Events:
                 "event": {"id": str(event.id), "type": event.type, "created_at": event.created_at.isoformat()},
                 "data": event.data,
             }
-            for rule in await rule_store.for_event(event.type):
+            for rule in await rule_store.for_event(event.type, now=current):
                 key = f"event:{event.id}:rule:{rule.id}"
-                for made in materialise(rule, context=context, key=key, send_at=None):
+                made_all = await anyio.to_thread.run_sync(
+                    functools.partial(materialise, rule, context=context, key=key, send_at=None)
+                )
+                for made in made_all:
                     stored = await notification_store.insert(
                         made.notification,
                         status=Status.FAILED if made.failure else Status.QUEUED,

@@ -41,7 +41,10 @@ RULES_PER_TICK = 200
 def _next_fire_at(new: NewRule, current: datetime) -> datetime | None:
     if new.schedule is None or not new.enabled:
         return None
-    at = first_firing(CronSchedule.parse(new.schedule, new.timezone), now=current, starts_at=new.starts_at)
+    try:
+        at = first_firing(CronSchedule.parse(new.schedule, new.timezone), now=current, starts_at=new.starts_at)
+    except (OverflowError, ValueError):
+        raise InvalidNotification("schedule", "never fires within the supported dates") from None
     return None if new.ends_at is not None and at > new.ends_at else at
 
 
@@ -50,6 +53,8 @@ class Rules:
 
     ``nudge`` asks for a scheduler tick now (blocking; it may fail, the minute tick catches up),
     so that a rule created or changed between two ticks has its first firings planned at once.
+    Changing, disabling or deleting a rule cancels the notifications it planned ahead that are
+    not due yet; a changed rule plans afresh from now.
     """
 
     def __init__(self, configured: frozenset[Channel], nudge: Callable[[], None]) -> None:
@@ -60,9 +65,7 @@ class Rules:
         try:
             await anyio.to_thread.run_sync(self._nudge)
         except Exception as exc:
-            logger.warning(
-                "could not ask for a scheduler tick; the next one comes within a minute", extra={"error": repr(exc)}
-            )
+            logger.warning("could not ask for a scheduler tick; the minute tick will do", extra={"error": repr(exc)})
 
     def _check(self, new: NewRule) -> NewRule:
         new = validate_rule(new)
@@ -87,38 +90,52 @@ class Rules:
         return await store.page(after=after, limit=limit, enabled=enabled)
 
     async def update(self, rule_id: uuid.UUID, patch: RulePatch) -> Rule:
-        rule = await self.get(rule_id)
-        new = self._check(patch.apply(rule))
         current = now()
-        reschedule = patch.reschedules() or new.schedule != rule.schedule
-        updated = await store.update(
-            rule_id, new, next_fire_at=_next_fire_at(new, current), reschedule=reschedule, now=current
-        )
-        if updated is None:
-            raise RuleNotFound(rule_id)
-        if reschedule and updated.next_fire_at is not None:
+        async with store.transaction():
+            rule = await store.get_for_update(rule_id)  # a concurrent change waits for this one
+            if rule is None:
+                raise RuleNotFound(rule_id)
+            new = self._check(patch.apply(rule))
+            await store.cancel_planned(rule_id, now=current)
+            updated = await store.update(rule_id, new, next_fire_at=_next_fire_at(new, current), now=current)
+        assert updated is not None
+        if updated.next_fire_at is not None:
             await self.nudge()
         return updated
 
     async def delete(self, rule_id: uuid.UUID) -> None:
-        if not await store.delete(rule_id):
-            raise RuleNotFound(rule_id)
+        async with store.transaction():
+            await store.cancel_planned(rule_id, now=now())
+            if not await store.delete(rule_id):
+                raise RuleNotFound(rule_id)
 
     async def preview(self, rule_id: uuid.UUID, *, after: datetime | None, count: int) -> tuple[Rule, list[datetime]]:
         rule = await self.get(rule_id)
         if rule.schedule is None:
             raise InvalidNotification("schedule", "an event rule has no schedule to preview")
-        start = after or now()
-        if rule.starts_at is not None and start < rule.starts_at:
-            start = rule.starts_at - timedelta(microseconds=1)
-        times = rule.cron().preview(start, count)
-        if rule.ends_at is not None:
-            times = [t for t in times if t <= rule.ends_at]
+        at = after or now()
+        if rule.starts_at is not None and at < rule.starts_at:
+            at = rule.starts_at - timedelta(microseconds=1)
+        schedule = rule.cron()
+        times: list[datetime] = []
+        while len(times) < count:
+            try:
+                at = schedule.next_after(at)
+            except (OverflowError, ValueError):  # the end of the calendar
+                break
+            if rule.ends_at is not None and at > rule.ends_at:
+                break
+            times.append(at)
         return rule, times
 
 
 class RuleScheduler:
-    """The scheduler tick's use case: turn the due firings of schedule rules into notifications."""
+    """The scheduler tick's use case: turn the due firings of schedule rules into notifications.
+
+    Rules are taken in batches, each in its own transaction, until none is due; each rule fires
+    inside a savepoint, so one that cannot fire is logged and left for the next tick instead of
+    holding up the others.
+    """
 
     def __init__(self, settings: Settings, pool: Pool) -> None:
         self.settings = settings
@@ -127,49 +144,60 @@ class RuleScheduler:
     def fire_due(self, current: datetime | None = None) -> int:
         """Plan and create the firings due up to now + lookahead; returns notifications created."""
         current = current or now()
-        scheduler = self.settings.scheduler
+        horizon = current + timedelta(seconds=self.settings.scheduler.lookahead)
         created = 0
-        with firing_store.transaction(self.pool) as conn:
-            due = firing_store.due_rules(
-                conn, horizon=current + timedelta(seconds=scheduler.lookahead), limit=RULES_PER_TICK
-            )
-            for rule in due:
-                assert rule.next_fire_at is not None
-                planned, next_fire_at = plan_firings(
-                    rule.cron(),
-                    next_fire_at=rule.next_fire_at,
-                    now=current,
-                    lookahead=timedelta(seconds=scheduler.lookahead),
-                    misfire=rule.misfire,
-                    grace=timedelta(seconds=scheduler.misfire_grace),
-                    late_after=LATE_AFTER,
-                    ends_at=rule.ends_at,
-                )
-                zone = ZoneInfo(rule.timezone)
-                for firing in planned:
-                    context = {
-                        "rule": {"id": str(rule.id), "name": rule.name},
-                        "fire_time": firing.at.isoformat(),
-                        "local_time": firing.at.astimezone(zone).isoformat(),
-                        "missed": firing.missed,
-                    }
-                    key = f"rule:{rule.id}:{firing.at:%Y%m%dT%H%M%SZ}"
-                    about = {"fire_time": firing.at.isoformat(), **({"missed": firing.missed} if firing.missed else {})}
-                    for made in materialise(rule, context=context, key=key, send_at=firing.at, about=about):
-                        status = Status.FAILED if made.failure else Status.SCHEDULED
-                        created += firing_store.insert_notification(
-                            conn, made.notification, status=status, last_error=made.failure, rule_id=rule.id
+        broken: set[uuid.UUID] = set()
+        while True:
+            with firing_store.transaction(self.pool) as conn:
+                due = firing_store.due_rules(conn, horizon=horizon, limit=RULES_PER_TICK, exclude=broken)
+                for rule in due:
+                    try:
+                        with conn.transaction():
+                            created += self._fire(conn, rule, current)
+                    except Exception:
+                        broken.add(rule.id)
+                        logger.exception(
+                            "rule could not fire; it is retried at the next tick", extra={"rule_id": str(rule.id)}
                         )
-                        if made.failure:
-                            logger.error(
-                                "rule firing failed",
-                                extra={
-                                    "rule_id": str(rule.id),
-                                    "fire_time": firing.at.isoformat(),
-                                    "error": made.failure,
-                                },
-                            )
-                firing_store.set_next_fire_at(conn, rule.id, next_fire_at)
+            if len(due) < RULES_PER_TICK:
+                break
         if created:
             logger.info("rules fired", extra={"notifications": created})
+        return created
+
+    def _fire(self, conn: firing_store.Connection, rule: Rule, current: datetime) -> int:
+        assert rule.next_fire_at is not None
+        scheduler = self.settings.scheduler
+        planned, next_fire_at = plan_firings(
+            rule.cron(),
+            next_fire_at=rule.next_fire_at,
+            now=current,
+            lookahead=timedelta(seconds=scheduler.lookahead),
+            misfire=rule.misfire,
+            grace=timedelta(seconds=scheduler.misfire_grace),
+            late_after=LATE_AFTER,
+            ends_at=rule.ends_at,
+        )
+        zone = ZoneInfo(rule.timezone)
+        created = 0
+        for firing in planned:
+            context = {
+                "rule": {"id": str(rule.id), "name": rule.name},
+                "fire_time": firing.at.isoformat(),
+                "local_time": firing.at.astimezone(zone).isoformat(),
+                "missed": firing.missed,
+            }
+            key = f"rule:{rule.id}:r{rule.revision}:{firing.at:%Y%m%dT%H%M%SZ}"
+            about = {"fire_time": firing.at.isoformat(), **({"missed": firing.missed} if firing.missed else {})}
+            for made in materialise(rule, context=context, key=key, send_at=firing.at, about=about):
+                status = Status.FAILED if made.failure else Status.SCHEDULED
+                created += firing_store.insert_notification(
+                    conn, made.notification, status=status, last_error=made.failure, rule_id=rule.id
+                )
+                if made.failure:
+                    logger.error(
+                        "rule firing failed",
+                        extra={"rule_id": str(rule.id), "fire_time": firing.at.isoformat(), "error": made.failure},
+                    )
+        firing_store.set_next_fire_at(conn, rule.id, next_fire_at)
         return created

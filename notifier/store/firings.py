@@ -9,11 +9,11 @@ creates its notifications once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from psycopg import Connection
+import psycopg
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
@@ -21,9 +21,11 @@ from notifier.domain import NewNotification, Rule, Status
 from notifier.store import rows
 from notifier.store.delivery import Pool
 
+Connection = psycopg.Connection[DictRow]
+
 _DUE_RULES = """
 SELECT * FROM rules
-WHERE enabled AND schedule IS NOT NULL AND next_fire_at <= %(horizon)s
+WHERE enabled AND schedule IS NOT NULL AND next_fire_at <= %(horizon)s AND NOT (id = ANY(%(exclude)s))
 ORDER BY next_fire_at
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
@@ -39,17 +41,18 @@ ON CONFLICT (idempotency_key) DO NOTHING
 
 
 @contextmanager
-def transaction(pool: Pool) -> Iterator[Connection[DictRow]]:
+def transaction(pool: Pool) -> Iterator[Connection]:
     with pool.connection() as conn, conn.transaction():
         yield conn
 
 
-def due_rules(conn: Connection[DictRow], *, horizon: datetime, limit: int) -> list[Rule]:
-    return [rows.rule(row) for row in conn.execute(_DUE_RULES, {"horizon": horizon, "limit": limit}).fetchall()]
+def due_rules(conn: Connection, *, horizon: datetime, limit: int, exclude: Collection[uuid.UUID] = ()) -> list[Rule]:
+    params = {"horizon": horizon, "limit": limit, "exclude": list(exclude)}
+    return [rows.rule(row) for row in conn.execute(_DUE_RULES, params).fetchall()]
 
 
 def insert_notification(
-    conn: Connection[DictRow], new: NewNotification, *, status: Status, last_error: str | None, rule_id: uuid.UUID
+    conn: Connection, new: NewNotification, *, status: Status, last_error: str | None, rule_id: uuid.UUID
 ) -> bool:
     """Insert unless the idempotency key exists; ``True`` when a row was written."""
     cursor = conn.execute(
@@ -71,5 +74,5 @@ def insert_notification(
     return cursor.rowcount == 1
 
 
-def set_next_fire_at(conn: Connection[DictRow], rule_id: uuid.UUID, next_fire_at: datetime | None) -> None:
+def set_next_fire_at(conn: Connection, rule_id: uuid.UUID, next_fire_at: datetime | None) -> None:
     conn.execute("UPDATE rules SET next_fire_at = %s, updated_at = now() WHERE id = %s", (next_fire_at, rule_id))

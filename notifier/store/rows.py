@@ -52,6 +52,7 @@ def rule(row: dict[str, Any]) -> Rule:
         enabled=row["enabled"],
         misfire=Misfire(row["misfire"]),
         next_fire_at=row["next_fire_at"],
+        revision=row["revision"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )

@@ -9,9 +9,9 @@ from typing import Any
 import msgspec
 from piccolo.columns import Column
 
-from notifier.domain import NewRule, Rule
+from notifier.domain import NewRule, Rule, Status
 from notifier.store import rows
-from notifier.store.tables import RuleTable
+from notifier.store.tables import NotificationTable, RuleTable
 
 R = RuleTable
 
@@ -46,15 +46,32 @@ async def get(rule_id: uuid.UUID) -> Rule | None:
     return rows.rule(row) if row else None
 
 
-async def update(
-    rule_id: uuid.UUID, new: NewRule, *, next_fire_at: datetime | None, reschedule: bool, now: datetime
-) -> Rule | None:
+def transaction() -> Any:
+    """A transaction on the rules' database (``async with``)."""
+    return R._meta.db.transaction()
+
+
+async def get_for_update(rule_id: uuid.UUID) -> Rule | None:
+    """The rule, locked until the surrounding transaction ends (call inside :func:`transaction`)."""
+    row = await R.select(*R.all_columns()).where(R.id == rule_id).lock_rows().first()
+    return rows.rule(row) if row else None
+
+
+async def update(rule_id: uuid.UUID, new: NewRule, *, next_fire_at: datetime | None, now: datetime) -> Rule | None:
     values = _values(new)
     values[R.updated_at] = now
-    if reschedule:
-        values[R.next_fire_at] = next_fire_at
+    values[R.next_fire_at] = next_fire_at
+    values[R.revision] = R.revision + 1
     updated = await R.update(values).where(R.id == rule_id).returning(*R.all_columns())
     return rows.rule(updated[0]) if updated else None
+
+
+async def cancel_planned(rule_id: uuid.UUID, *, now: datetime) -> None:
+    """Cancel the notifications the rule planned ahead that are not due yet."""
+    N = NotificationTable
+    await N.update({N.status: Status.CANCELLED.value, N.updated_at: now}).where(
+        (N.rule == rule_id) & (N.status == Status.SCHEDULED.value) & (N.send_at > now)
+    )
 
 
 async def delete(rule_id: uuid.UUID) -> bool:
@@ -72,6 +89,12 @@ async def page(*, after: tuple[datetime, uuid.UUID] | None, limit: int, enabled:
     return [rows.rule(row) for row in await query]
 
 
-async def for_event(event_type: str) -> list[Rule]:
-    query = R.select(*R.all_columns()).where((R.event == event_type) & (R.enabled == True))  # noqa: E712
+async def for_event(event_type: str, *, now: datetime) -> list[Rule]:
+    """The enabled rules for this event type whose window (``starts_at``, ``ends_at``) holds ``now``."""
+    query = R.select(*R.all_columns()).where(
+        (R.event == event_type)
+        & (R.enabled == True)  # noqa: E712
+        & (R.starts_at.is_null() | (R.starts_at <= now))
+        & (R.ends_at.is_null() | (R.ends_at > now))
+    )
     return [rows.rule(row) for row in await query.order_by(R.created_at)]

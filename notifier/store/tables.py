@@ -37,6 +37,8 @@ class RuleTable(Table, tablename="rules"):
     misfire = Varchar(length=8, default="once")
     next_fire_at = Timestamptz(null=True, default=None)
     """The next firing not yet turned into notifications; null for event rules and ended schedules."""
+    revision = Integer(default=1)
+    """Counts changes; part of the firings' idempotency keys, so a changed rule plans afresh."""
     created_at = Timestamptz(default=TimestamptzNow())
     updated_at = Timestamptz(default=TimestamptzNow())
 

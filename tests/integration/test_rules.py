@@ -280,3 +280,93 @@ def test_deleting_a_rule_keeps_its_notifications(client: Client, settings: Setti
         rows = conn.execute("SELECT rule FROM notifications").fetchall()
     assert rows
     assert all(r["rule"] is None for r in rows)
+
+
+def test_a_rule_that_cannot_fire_does_not_hold_up_the_others(
+    client: Client, settings: Settings, pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("notifier.services.rules.RULES_PER_TICK", 2)  # several batches
+    good = [
+        client.post("/rules", json={**DAILY, "name": f"good {i}", "schedule": "* * * * *", "timezone": "UTC"}).json()
+        for i in range(5)
+    ]
+    bad = client.post("/rules", json={**DAILY, "schedule": "* * * * *", "timezone": "UTC"}).json()
+    now = datetime(2030, 6, 3, 10, 0, 30, tzinfo=UTC)
+    for rule in [*good, bad]:
+        _set_next(pool, rule["id"], datetime(2030, 6, 3, 10, 1, tzinfo=UTC))
+    with pool.connection() as conn:  # a cron expression that no longer parses, as a broken row would
+        conn.execute("UPDATE rules SET schedule = 'not cron' WHERE id = %s", (bad["id"],))
+    assert RuleScheduler(settings, pool).fire_due(now) == 5 * 2
+    assert all(_rule_row(pool, r["id"])["next_fire_at"] == datetime(2030, 6, 3, 10, 3, tzinfo=UTC) for r in good)
+    assert _rule_row(pool, bad["id"])["next_fire_at"] == datetime(2030, 6, 3, 10, 1, tzinfo=UTC)
+
+
+def test_a_runtime_template_error_fails_only_that_notification(client: Client, settings: Settings, pool: Pool) -> None:
+    rule = client.post(
+        "/rules", json={**DAILY, "schedule": "* * * * *", "timezone": "UTC", "body": "{{ 1 // missed }}"}
+    ).json()
+    _set_next(pool, rule["id"], datetime(2030, 6, 3, 10, 1, tzinfo=UTC))
+    RuleScheduler(settings, pool).fire_due(datetime(2030, 6, 3, 10, 0, 30, tzinfo=UTC))
+    fired = _fired(pool, rule["id"])
+    assert {n["status"] for n in fired} == {"failed"}
+    assert all("ZeroDivisionError" in n["last_error"] for n in fired)
+
+
+def test_changing_a_rule_cancels_what_it_planned_and_plans_afresh(
+    client: Client, settings: Settings, pool: Pool
+) -> None:
+    rule = client.post("/rules", json={**DAILY, "schedule": "* * * * *", "timezone": "UTC"}).json()
+    _set_next(pool, rule["id"], datetime.now(UTC) + timedelta(seconds=30))
+    RuleScheduler(settings, pool).fire_due()
+    planned = _fired(pool, rule["id"])
+    assert planned
+    client.patch(f"/rules/{rule['id']}", json={"body": "new words"})
+    assert {n["status"] for n in _fired(pool, rule["id"])} == {"cancelled"}
+    RuleScheduler(settings, pool).fire_due()
+    fresh = [n for n in _fired(pool, rule["id"]) if n["status"] == "scheduled"]
+    assert fresh
+    assert {n["body"] for n in fresh} == {"new words"}
+    client.patch(f"/rules/{rule['id']}", json={"enabled": False})
+    assert {n["status"] for n in _fired(pool, rule["id"])} == {"cancelled"}
+
+
+def test_extending_an_ended_rule_brings_it_back(client: Client) -> None:
+    ended = client.post("/rules", json={**DAILY, "ends_at": "2020-01-01T00:00:00Z"}).json()
+    assert ended["next_fire_at"] is None
+    later = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    assert client.patch(f"/rules/{ended['id']}", json={"ends_at": later}).json()["next_fire_at"] is not None
+
+
+def test_event_rules_respect_their_window(client: Client) -> None:
+    client.post("/rules", json={**SHIPPED, "ends_at": "2021-01-01T00:00:00Z"})
+    client.post("/rules", json={**SHIPPED, "starts_at": "2031-01-01T00:00:00Z"})
+    event = {"type": "order.shipped", "data": {"order": {"id": 1}, "customer": {"hook": "https://x.example/h"}}}
+    assert client.post("/events", json=event).json()["notifications"] == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path_suffix", "payload", "field"),
+    [
+        ("post", "", {**DAILY, "starts_at": "9999-12-31T23:59:00Z"}, "starts_at"),
+        ("post", "", {**DAILY, "ends_at": "0001-01-01T00:00:00Z"}, "ends_at"),
+    ],
+)
+def test_dates_beyond_the_calendar_are_refused(
+    client: Client, method: str, path_suffix: str, payload: dict[str, Any], field: str
+) -> None:
+    assert fields(getattr(client, method)(f"/rules{path_suffix}", json=payload)) == [field]
+
+
+def test_preview_past_the_supported_dates_is_refused(client: Client) -> None:
+    rule = client.post("/rules", json={**DAILY, "schedule": "0 0 29 2 *"}).json()
+    assert fields(client.get(f"/rules/{rule['id']}/preview", params={"after": "9999-12-31T23:59:59Z"})) == ["after"]
+    late = client.get(f"/rules/{rule['id']}/preview", params={"after": "8990-01-01T00:00:00Z", "count": 1000})
+    assert late.status_code == 200
+    times = late.json()["fire_times"]
+    assert times
+    assert all(t["local"][5:10] == "02-29" for t in times)
+
+
+def test_event_idempotency_header_is_bounded(client: Client) -> None:
+    response = client.post("/events", json={"type": "x.y", "data": {}}, headers={"Idempotency-Key": "k" * 300})
+    assert fields(response) == ["idempotency_key"]

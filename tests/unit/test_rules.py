@@ -132,3 +132,11 @@ def test_templated_recipients_are_kept_as_written() -> None:
 
     rule = validate_rule(msgspec.structs.replace(RULE, recipients=["{{ data.hook }}", "HTTPS://X.example/h"]))
     assert rule.recipients[0] == "{{ data.hook }}"
+
+
+def test_a_year_long_outage_is_skipped_not_stepped_through() -> None:
+    now = datetime(2031, 1, 1, 12, 0, 30, tzinfo=UTC)
+    firings, following = plan("* * * * *", "UTC", datetime(2030, 1, 1, tzinfo=UTC), now, grace=timedelta(minutes=10))
+    # Only the firings inside the grace window count; the year before it is dropped wholesale.
+    assert firings[0] == Firing(datetime(2031, 1, 1, 11, 59, tzinfo=UTC), missed=9)
+    assert following == datetime(2031, 1, 1, 12, 3, tzinfo=UTC)

@@ -35,3 +35,28 @@ def test_the_sandbox_refuses_unsafe_access() -> None:
         templates.render("body", "{{ data.__class__.__mro__ }}", {"data": {}})
     with pytest.raises(templates.TemplateRenderError):
         templates.render("body", "{{ data.update({'x': 1}) }}", {"data": {}})
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ 1 // data.n }}",
+        "{{ data.s + 1 }}",
+        "{{ 'a' * 10**8 }}",
+        "{{ 2 ** 100000 }}",
+        "{% for i in range(10**6) %}x{% endfor %}",
+        "{{ lipsum(n=100000) }}",
+    ],
+)
+def test_runtime_errors_and_costly_templates_fail_cleanly(source: str) -> None:
+    with pytest.raises(templates.TemplateRenderError):
+        templates.render("body", source, {"data": {"n": 0, "s": "x"}})
+
+
+def test_costly_constants_are_not_evaluated_at_save_time() -> None:
+    templates.check("body", "{{ 'a' * 10**8 }}")  # returns at once: nothing is folded at compile time
+
+
+def test_data_keys_win_over_dict_methods() -> None:
+    context = {"data": {"items": ["pen", "ink"]}}
+    assert templates.render("body", "{% for i in data.items %}{{ i }};{% endfor %}", context) == "pen;ink;"
