@@ -9,7 +9,8 @@
     ├── InvalidTransition           the notification's status does not allow the change
     ├── ServiceUnavailable          PostgreSQL or Redis cannot be reached right now
     └── DeliveryError               a channel could not deliver
-        ├── TransientDeliveryError  worth another attempt (timeouts, 429/5xx, SMTP 4xx)
+        ├── TransientDeliveryError  worth another attempt (429/5xx, SMTP 4xx, connection errors)
+        │   └── DeliveryTimeout     the provider did not answer in time
         └── PermanentDeliveryError  never worth another attempt (4xx, SMTP 5xx, bad recipient)
 
 ``notifier.api.errors`` is the only place that turns these into HTTP responses.
@@ -95,6 +96,12 @@ class DeliveryError(NotifierError):
 
 class TransientDeliveryError(DeliveryError):
     outcome = "transient_error"
+
+
+class DeliveryTimeout(TransientDeliveryError):
+    """The provider did not answer within the timeout."""
+
+    outcome = "timeout"
 
 
 class PermanentDeliveryError(DeliveryError):

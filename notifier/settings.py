@@ -111,7 +111,7 @@ class DeliverySettings(Group, frozen=True, kw_only=True):
         float,
         _doc(
             "Seconds a worker holds a notification it is sending; after that, should the worker have died,"
-            " the notification is delivered again. Must exceed 3 * timeout + 5 (the hard time limit)."
+            " the notification is delivered again. Must exceed 3 x the longest timeout + 5 (the hard time limit)."
         ),
         msgspec.Meta(gt=0),
     ] = 60.0
@@ -120,15 +120,6 @@ class DeliverySettings(Group, frozen=True, kw_only=True):
         _doc("Notifications due within this many seconds wait in Redis; later ones wait in PostgreSQL."),
         msgspec.Meta(gt=0),
     ] = 60.0
-
-    @property
-    def time_limit(self) -> float:
-        """Seconds after which Dramatiq interrupts a delivery: the backstop behind ``timeout``."""
-        return self.timeout * 3 + 5
-
-    def validate(self) -> None:
-        if self.lease <= self.time_limit:
-            raise ValueError("lease", f"must exceed 3 * NOTIFIER_DELIVERY_TIMEOUT + 5 = {self.time_limit:g} seconds")
 
 
 class SchedulerSettings(Group, frozen=True, kw_only=True):
@@ -145,7 +136,21 @@ class SchedulerSettings(Group, frozen=True, kw_only=True):
     ] = 3600.0
 
 
-class SmtpSettings(Group, frozen=True, kw_only=True):
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class ChannelOverrides(Group, frozen=True, kw_only=True):
+    """Per-channel overrides of the retry and timeout settings; unset means the global value."""
+
+    max_attempts: Annotated[
+        Annotated[int, msgspec.Meta(ge=1, le=100)] | None, _doc("This channel's NOTIFIER_RETRY_MAX_ATTEMPTS.")
+    ] = None
+    min_backoff: Annotated[PositiveFloat | None, _doc("This channel's NOTIFIER_RETRY_MIN_BACKOFF.")] = None
+    max_backoff: Annotated[PositiveFloat | None, _doc("This channel's NOTIFIER_RETRY_MAX_BACKOFF.")] = None
+    timeout: Annotated[PositiveFloat | None, _doc("This channel's NOTIFIER_DELIVERY_TIMEOUT.")] = None
+
+
+class SmtpSettings(ChannelOverrides, frozen=True, kw_only=True):
     env_group: ClassVar[str] = "SMTP"
     url: Annotated[
         str,
@@ -160,7 +165,7 @@ class SmtpSettings(Group, frozen=True, kw_only=True):
             SmtpServer.parse(self.url)
 
 
-class SmsSettings(Group, frozen=True, kw_only=True):
+class SmsSettings(ChannelOverrides, frozen=True, kw_only=True):
     env_group: ClassVar[str] = "SMS"
     base_url: Annotated[
         str, _doc("Base URL of a Twilio-compatible API, e.g. `https://api.twilio.com`. Empty: SMS off.")
@@ -178,7 +183,7 @@ class SmsSettings(Group, frozen=True, kw_only=True):
                     raise ValueError(name, "is required when NOTIFIER_SMS_BASE_URL is set")
 
 
-class WebhookSettings(Group, frozen=True, kw_only=True):
+class WebhookSettings(ChannelOverrides, frozen=True, kw_only=True):
     env_group: ClassVar[str] = "WEBHOOK"
     secret: Annotated[str, _doc("Standard Webhooks signing secret, `whsec_<base64>`. Empty: webhooks go unsigned.")] = (
         ""
@@ -205,6 +210,30 @@ class LogSettings(Group, frozen=True, kw_only=True):
             raise ValueError("level", "must be DEBUG, INFO, WARNING or ERROR")
 
 
+class WorkerSettings(Group, frozen=True, kw_only=True):
+    env_group: ClassVar[str] = "WORKER"
+    heartbeat_timeout: Annotated[
+        float,
+        _doc(
+            "Seconds after which a silent worker counts as dead and Redis hands its unfinished messages to the others."
+        ),
+        msgspec.Meta(ge=5),
+    ] = 15.0
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """The retry and timeout settings in force for one channel."""
+
+    max_attempts: int
+    min_backoff: float
+    max_backoff: float
+    timeout: float
+
+
+CHANNEL_GROUPS = {"email": "smtp", "sms": "sms", "webhook": "webhook"}
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """The whole tree; one attribute per group."""
 
@@ -218,7 +247,28 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     smtp: SmtpSettings = SmtpSettings()
     sms: SmsSettings = SmsSettings()
     webhook: WebhookSettings = WebhookSettings()
+    worker: WorkerSettings = WorkerSettings()
     log: LogSettings = LogSettings()
+
+    def policy(self, channel: str) -> DeliveryPolicy:
+        """The global retry and timeout settings, with ``channel``'s overrides applied."""
+        group = CHANNEL_GROUPS.get(channel)
+        overrides: ChannelOverrides = getattr(self, group) if group else ChannelOverrides()
+
+        def pick(value: Any, default: Any) -> Any:
+            return default if value is None else value
+
+        return DeliveryPolicy(
+            max_attempts=pick(overrides.max_attempts, self.retry.max_attempts),
+            min_backoff=pick(overrides.min_backoff, self.retry.min_backoff),
+            max_backoff=pick(overrides.max_backoff, self.retry.max_backoff),
+            timeout=pick(overrides.timeout, self.delivery.timeout),
+        )
+
+    @property
+    def time_limit(self) -> float:
+        """Seconds after which Dramatiq interrupts a delivery: the backstop behind the timeouts."""
+        return max(self.policy(channel).timeout for channel in (*CHANNEL_GROUPS, "log")) * 3 + 5
 
 
 @dataclass(frozen=True)
@@ -291,7 +341,12 @@ def describe() -> list[SettingDoc]:
 
 def _type_name(annotation: Any) -> str:
     base = get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
-    return "list of strings" if base == list[str] else str(base.__name__)
+    if base == list[str]:
+        return "list of strings"
+    members = [a for a in get_args(base) if a is not type(None)]
+    if members:
+        return _type_name(members[0])
+    return str(base.__name__)
 
 
 def _default(field: msgspec.structs.FieldInfo) -> str:
@@ -299,6 +354,8 @@ def _default(field: msgspec.structs.FieldInfo) -> str:
         return "(empty)"
     if field.default is msgspec.NODEFAULT:
         return "required"
+    if field.default is None:
+        return "(global)"
     if field.default == "":
         return "(empty)"
     if isinstance(field.default, bool):
@@ -335,6 +392,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             field_name, reason = exc.args
             encoded = next(f.encode_name for f in msgspec.structs.fields(type(group_value)) if f.name == field_name)
             raise ConfigurationError(f"{names[(group_name, encoded)]} {reason}") from None
+    if settings.delivery.lease <= settings.time_limit:
+        raise ConfigurationError(
+            "NOTIFIER_DELIVERY_LEASE must exceed 3 x the longest delivery timeout + 5"
+            f" = {settings.time_limit:g} seconds"
+        )
     return settings
 
 

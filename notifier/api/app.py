@@ -17,6 +17,7 @@ import notifier
 from notifier import channels
 from notifier.api.auth import ApiKeyMiddleware
 from notifier.api.dashboard import dashboard
+from notifier.api.dead_letters import DeadLetterController
 from notifier.api.errors import HANDLERS
 from notifier.api.events import EventController
 from notifier.api.health import healthz, readyz
@@ -63,7 +64,15 @@ def create_app(settings: Settings, broker: RedisBroker, enqueue: Enqueue, tick: 
         middleware.append(ApiKeyMiddleware(settings.api.keys))
 
     return Litestar(
-        route_handlers=[healthz, readyz, NotificationController, RuleController, EventController, dashboard(broker)],
+        route_handlers=[
+            healthz,
+            readyz,
+            NotificationController,
+            DeadLetterController,
+            RuleController,
+            EventController,
+            dashboard(broker),
+        ],
         dependencies={
             "service": Provide(provide_service, sync_to_thread=False),
             "rules": Provide(provide_rules, sync_to_thread=False),

@@ -80,6 +80,14 @@ class NotificationController(Controller):
         notification = await service.get(notification_id)
         return NotificationOut.of(notification, await service.attempts(notification_id))
 
+    @post("/notifications/{notification_id:uuid}/retry", status_code=202, summary="Replay a failed notification")
+    async def retry(
+        self, notification_id: FromPath[uuid.UUID], service: NamedDependency[Notifications]
+    ) -> NotificationOut:
+        """Puts a ``failed`` notification back in the queue with a fresh budget of attempts: new
+        attempts on the same notification, never a second one. 409 unless it is ``failed``."""
+        return NotificationOut.of(await service.retry(notification_id))
+
     @post("/notifications/{notification_id:uuid}/cancel", status_code=200, summary="Cancel a notification")
     async def cancel(
         self, notification_id: FromPath[uuid.UUID], service: NamedDependency[Notifications]

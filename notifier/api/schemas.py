@@ -73,7 +73,12 @@ class NotificationPage(msgspec.Struct, kw_only=True):
 
 
 def encode_cursor(n: domain.Notification | domain.Rule) -> str:
-    raw = msgspec.json.encode([n.created_at, n.id])
+    return encode_keyset(n.created_at, n.id)
+
+
+def encode_keyset(at: datetime, item_id: uuid.UUID) -> str:
+    """An opaque cursor for keyset pagination on (a time, an id)."""
+    raw = msgspec.json.encode([at, item_id])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

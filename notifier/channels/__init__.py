@@ -33,14 +33,19 @@ def build(settings: Settings) -> dict[Channel, ChannelImpl]:
     from notifier.channels.sms import SmsChannel
     from notifier.channels.webhook import WebhookChannel
 
-    timeout = settings.delivery.timeout
+    def timeout(channel: Channel) -> float:
+        return settings.policy(channel.value).timeout
+
     built: dict[Channel, ChannelImpl] = {
         Channel.LOG: LogChannel(),
-        Channel.WEBHOOK: WebhookChannel(settings.webhook.secret, timeout=timeout),
+        Channel.WEBHOOK: WebhookChannel(settings.webhook.secret, timeout=timeout(Channel.WEBHOOK)),
     }
     if settings.smtp.url:
-        built[Channel.EMAIL] = EmailChannel(SmtpServer.parse(settings.smtp.url), settings.smtp.sender, timeout=timeout)
+        smtp = SmtpServer.parse(settings.smtp.url)
+        built[Channel.EMAIL] = EmailChannel(smtp, settings.smtp.sender, timeout=timeout(Channel.EMAIL))
     if settings.sms.base_url:
         sms = settings.sms
-        built[Channel.SMS] = SmsChannel(sms.base_url, sms.account_sid, sms.auth_token, sms.sender, timeout=timeout)
+        built[Channel.SMS] = SmsChannel(
+            sms.base_url, sms.account_sid, sms.auth_token, sms.sender, timeout=timeout(Channel.SMS)
+        )
     return built

@@ -8,7 +8,7 @@ from email.message import EmailMessage
 from email.utils import formatdate
 
 from notifier.domain import Notification
-from notifier.errors import PermanentDeliveryError, TransientDeliveryError
+from notifier.errors import DeliveryTimeout, PermanentDeliveryError, TransientDeliveryError
 from notifier.settings import SmtpServer
 
 
@@ -51,6 +51,8 @@ class EmailChannel:
             raise _classify(code, reason) from None
         except smtplib.SMTPResponseException as exc:
             raise _classify(exc.smtp_code, exc.smtp_error) from None
+        except TimeoutError as exc:  # socket.timeout is TimeoutError
+            raise DeliveryTimeout(f"timeout: SMTP {self.server.host}:{self.server.port}: {exc}") from None
         except (smtplib.SMTPException, OSError) as exc:
             raise TransientDeliveryError(f"SMTP {self.server.host}:{self.server.port}: {exc}") from None
         return str(msg["Message-ID"])

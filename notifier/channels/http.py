@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from notifier.channels.base import RETRYABLE_HTTP_STATUSES, parse_retry_after
-from notifier.errors import PermanentDeliveryError, TransientDeliveryError
+from notifier.errors import DeliveryTimeout, PermanentDeliveryError, TransientDeliveryError
 
 
 def client(timeout: float) -> httpx.Client:
@@ -18,7 +18,7 @@ def post(http: httpx.Client, url: str, **kwargs: object) -> httpx.Response:
     try:
         response = http.post(url, **kwargs)  # type: ignore[arg-type]
     except httpx.TimeoutException as exc:
-        raise TransientDeliveryError(f"timeout: POST {url}: {type(exc).__name__}") from None
+        raise DeliveryTimeout(f"timeout: POST {url}: {type(exc).__name__}") from None
     except httpx.HTTPError as exc:
         raise TransientDeliveryError(f"POST {url}: {type(exc).__name__}: {exc}") from None
     if response.is_success:

@@ -46,12 +46,13 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.SENDING: frozenset({Status.SENDING, Status.SENT, Status.RETRYING, Status.FAILED}),
     Status.RETRYING: frozenset({Status.SENDING, Status.FAILED, Status.CANCELLED}),
     Status.SENT: frozenset(),
-    Status.FAILED: frozenset(),
+    Status.FAILED: frozenset({Status.QUEUED}),
     Status.CANCELLED: frozenset(),
 }
 """Every allowed status change. ``scheduled`` and ``queued`` may go straight to ``sending``
 because a worker claims whichever it finds; ``sending`` may be claimed again once its lease has
-lapsed (``NOTIFIER_DELIVERY_LEASE``); nothing leaves ``sent``, ``failed`` or ``cancelled``."""
+lapsed (``NOTIFIER_DELIVERY_LEASE``); a replay puts a ``failed`` one back to ``queued``, with a
+fresh budget of attempts; nothing leaves ``sent`` or ``cancelled``."""
 
 
 def sources(target: Status) -> frozenset[Status]:
@@ -90,6 +91,8 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
+    attempt_base: int = 0
+    """``attempts`` at the last replay; the attempts since then are ``attempts - attempt_base``."""
     rule_id: uuid.UUID | None = None
     """The rule whose firing created it, if one did."""
     event_id: uuid.UUID | None = None
@@ -189,6 +192,15 @@ def validate(new: NewNotification) -> NewNotification:
     if b"\\u0000" in metadata:
         raise InvalidNotification("metadata", "must not contain NUL characters")
     return msgspec.structs.replace(new, recipient=normalise_recipient(new.channel, new.recipient), send_at=send_at)
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which failed notifications to list or replay; ``None`` means any."""
+
+    channel: Channel | None = None
+    failed_after: datetime | None = None
+    failed_before: datetime | None = None
 
 
 @dataclass(frozen=True)

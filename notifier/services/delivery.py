@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+import random
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from notifier.channels.base import Channel as ChannelImpl
 from notifier.domain import Channel, Notification, Status
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
-from notifier.settings import Settings
+from notifier.settings import DeliveryPolicy, Settings
 from notifier.store import delivery as delivery_store
 
 logger = logging.getLogger("notifier.services")
@@ -19,6 +20,9 @@ logger = logging.getLogger("notifier.services")
 @dataclass(frozen=True)
 class Delivered:
     kind: Literal["sent", "failed", "skipped"]
+    notification: Notification | None = field(default=None, compare=False)
+    reason: str | None = field(default=None, compare=False)
+    """Why it failed, for ``failed``."""
 
 
 @dataclass(frozen=True)
@@ -28,12 +32,30 @@ class NotDue:
     delay_ms: int
 
 
+class RetryLater(TransientDeliveryError):
+    """The attempt failed and another is due after ``delay_ms``; the notification is ``retrying``."""
+
+    def __init__(self, reason: str, *, delay_ms: int) -> None:
+        super().__init__(reason)
+        self.delay_ms = delay_ms
+
+
+def backoff_ms(attempt: int, policy: DeliveryPolicy, retry_after: float | None) -> int:
+    """The wait before attempt ``attempt + 1``: the provider's Retry-After if it gave one (capped at
+    the longest backoff), else exponential from the shortest, with jitter (half to full)."""
+    if retry_after is not None:
+        return int(min(retry_after, policy.max_backoff) * 1000)
+    ceiling = min(policy.max_backoff, policy.min_backoff * 2 ** min(attempt - 1, 32))
+    return int(random.uniform(ceiling / 2, ceiling) * 1000)  # noqa: S311 - jitter, not secrecy
+
+
 class Dispatcher:
     """The worker's use case: claim one notification, make one attempt, record what happened.
 
-    A transient failure with attempts left marks the notification ``retrying`` and re-raises
-    :class:`TransientDeliveryError`, for Dramatiq's Retries middleware to schedule the next
-    attempt. A permanent failure, or the last attempt, marks it ``failed`` and returns.
+    A transient failure with attempts left marks the notification ``retrying`` and raises
+    :class:`RetryLater` with the wait before the next attempt (Dramatiq's Retries middleware
+    schedules it). A permanent failure, or the last attempt, marks it ``failed`` and returns
+    ``Delivered("failed")``. Retry limits and timeouts are the channel's (``Settings.policy``).
     """
 
     def __init__(self, settings: Settings, pool: delivery_store.Pool, channels: dict[Channel, ChannelImpl]) -> None:
@@ -46,6 +68,8 @@ class Dispatcher:
         if notification is None:
             return self._unclaimed(notification_id)
         number = notification.attempts
+        attempt = number - notification.attempt_base
+        policy = self.settings.policy(notification.channel.value)
         log = {"notification_id": str(notification.id), "channel": notification.channel, "attempt": number}
         channel = self.channels.get(notification.channel)
         try:
@@ -53,22 +77,19 @@ class Dispatcher:
                 raise PermanentDeliveryError(f"channel {notification.channel!r} is not configured on this worker")
             provider_message_id = channel.send(notification)
         except PermanentDeliveryError as exc:
-            self._fail(notification, number, exc.outcome, exc.reason, log)
-            return Delivered("failed")
+            return self._fail(notification, number, exc.outcome, exc.reason, log)
         except TransientDeliveryError as exc:
-            if number >= self.settings.retry.max_attempts:
-                self._fail(notification, number, exc.outcome, exc.reason, log)
-                return Delivered("failed")
+            if attempt >= policy.max_attempts:
+                return self._fail(notification, number, exc.outcome, exc.reason, log)
             self._retry(notification, number, exc.outcome, exc.reason, log)
-            raise
+            raise RetryLater(exc.reason, delay_ms=backoff_ms(attempt, policy, exc.retry_after)) from exc
         except BaseException as exc:
             # Dramatiq's TimeLimit interrupts a hung call with an exception of its own; anything
             # unexpected is recorded too, and the message is retried by the middleware.
             outcome = "timeout" if "TimeLimit" in type(exc).__name__ else "error"
             reason = f"{type(exc).__name__}: {exc}"
-            if number >= self.settings.retry.max_attempts:
-                self._fail(notification, number, outcome, reason, log)
-                return Delivered("failed")
+            if attempt >= policy.max_attempts:
+                return self._fail(notification, number, outcome, reason, log)
             self._retry(notification, number, outcome, reason, log)
             raise
         delivery_store.finish(
@@ -80,7 +101,7 @@ class Dispatcher:
             provider_message_id=provider_message_id,
         )
         logger.info("notification sent", extra={**log, "provider_message_id": provider_message_id})
-        return Delivered("sent")
+        return Delivered("sent", notification)
 
     def _unclaimed(self, notification_id: uuid.UUID) -> Delivered | NotDue:
         state = delivery_store.status_of(self.pool, notification_id)
@@ -106,8 +127,11 @@ class Dispatcher:
         )
         logger.warning("delivery attempt failed; will retry", extra={**log, "outcome": outcome, "error": reason})
 
-    def _fail(self, notification: Notification, number: int, outcome: str, reason: str, log: dict[str, object]) -> None:
+    def _fail(
+        self, notification: Notification, number: int, outcome: str, reason: str, log: dict[str, object]
+    ) -> Delivered:
         delivery_store.finish(
             self.pool, notification.id, number=number, status=Status.FAILED, outcome=outcome, error=reason
         )
         logger.error("notification failed", extra={**log, "outcome": outcome, "error": reason})
+        return Delivered("failed", notification, reason)

@@ -14,6 +14,7 @@ from notifier.channels import check_configured
 from notifier.domain import (
     Attempt,
     Channel,
+    DeadLetterFilter,
     NewNotification,
     Notification,
     NotificationFilter,
@@ -106,6 +107,29 @@ class Notifications:
     async def ready(self) -> None:
         """Raise unless PostgreSQL answers."""
         await store.ping()
+
+    async def retry(self, notification_id: uuid.UUID) -> Notification:
+        """Replay one failed notification: new attempts on the same notification."""
+        replayed = await store.replay(DeadLetterFilter(), ids=[notification_id], now=now(), limit=1)
+        if not replayed:
+            current = await self.get(notification_id)
+            raise InvalidTransition(current.status, Status.QUEUED)
+        await self.enqueue_due(replayed, now())
+        logger.info("notification replayed", extra={"notification_id": str(notification_id)})
+        return replayed[0]
+
+    async def replay(self, filters: DeadLetterFilter, *, limit: int) -> list[Notification]:
+        """Replay up to ``limit`` failed notifications matching ``filters``, most recently failed first."""
+        replayed = await store.replay(filters, ids=None, now=now(), limit=limit)
+        await self.enqueue_due(replayed, now())
+        if replayed:
+            logger.info("dead letters replayed", extra={"count": len(replayed)})
+        return replayed
+
+    async def dead_letters(
+        self, filters: DeadLetterFilter, *, after: tuple[datetime, uuid.UUID] | None, limit: int
+    ) -> list[Notification]:
+        return await store.dead_letters(filters, after=after, limit=limit)
 
     async def cancel(self, notification_id: uuid.UUID) -> Notification:
         cancelled = await store.transition(notification_id, Status.CANCELLED, now=now())

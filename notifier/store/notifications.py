@@ -11,7 +11,15 @@ import msgspec
 from piccolo.columns import Column
 from piccolo.engine.postgres import PostgresEngine
 
-from notifier.domain import Attempt, NewNotification, Notification, NotificationFilter, Status, sources
+from notifier.domain import (
+    Attempt,
+    DeadLetterFilter,
+    NewNotification,
+    Notification,
+    NotificationFilter,
+    Status,
+    sources,
+)
 from notifier.store import rows
 from notifier.store.tables import DeliveryAttemptTable, EventTable, NotificationTable, RuleTable
 
@@ -149,3 +157,50 @@ async def mark_enqueued(ids: Sequence[uuid.UUID], *, now: datetime) -> None:
 
 async def ping() -> None:
     await T.raw("SELECT 1")
+
+
+_REPLAY = """
+UPDATE notifications
+SET status = 'queued', attempt_base = attempts, enqueued_at = NULL, updated_at = {}::timestamptz
+WHERE id IN (
+    SELECT id FROM notifications
+    WHERE status = 'failed'
+      AND ({}::uuid[] IS NULL OR id = ANY({}::uuid[]))
+      AND ({}::text IS NULL OR channel = {}::text)
+      AND ({}::timestamptz IS NULL OR updated_at >= {}::timestamptz)
+      AND ({}::timestamptz IS NULL OR updated_at < {}::timestamptz)
+    ORDER BY updated_at DESC
+    LIMIT {}
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING *
+"""
+
+
+async def replay(
+    filters: DeadLetterFilter, *, ids: list[uuid.UUID] | None, now: datetime, limit: int
+) -> list[Notification]:
+    """Put failed notifications back to ``queued`` with a fresh budget of attempts; returns them."""
+    channel = None if filters.channel is None else filters.channel.value
+    args = [ids, ids, channel, channel, filters.failed_after, filters.failed_after]
+    args += [filters.failed_before, filters.failed_before]
+    replayed = await T.raw(_REPLAY, now, *args, limit)
+    return [rows.notification(row) for row in replayed]
+
+
+async def dead_letters(
+    filters: DeadLetterFilter, *, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> list[Notification]:
+    """Failed notifications, the most recently failed first."""
+    query = T.select(*COLUMNS).where(T.status == Status.FAILED.value)
+    if filters.channel is not None:
+        query = query.where(T.channel == filters.channel.value)
+    if filters.failed_after is not None:
+        query = query.where(T.updated_at >= filters.failed_after)
+    if filters.failed_before is not None:
+        query = query.where(T.updated_at < filters.failed_before)
+    if after is not None:
+        failed_at, last_id = after
+        query = query.where((T.updated_at < failed_at) | ((T.updated_at == failed_at) & (T.id < last_id)))
+    query = query.order_by(T.updated_at, T.id, ascending=False).limit(limit)
+    return [rows.notification(row) for row in await query]

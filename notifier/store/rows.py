@@ -30,6 +30,7 @@ def notification(row: dict[str, Any]) -> Notification:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         sent_at=row["sent_at"],
+        attempt_base=row.get("attempt_base", 0),
         rule_id=row.get("rule"),
         event_id=row.get("event"),
     )

@@ -64,6 +64,8 @@ class NotificationTable(Table, tablename="notifications"):
     send_at = Timestamptz(null=True, default=None)
     status = Varchar(length=16)
     attempts = Integer(default=0)
+    attempt_base = Integer(default=0)
+    """``attempts`` when it was last replayed: a replay gets a fresh budget of attempts."""
     last_error = Text(null=True, default=None)
     idempotency_key = Varchar(length=255, null=True, default=None, unique=True)
     request_fingerprint = Varchar(length=64, null=True, default=None)

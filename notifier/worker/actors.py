@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import UTC, datetime
 
 import dramatiq
+from dramatiq.broker import MessageProxy
+from dramatiq.middleware import CurrentMessage
 
 from notifier import channels
 from notifier import settings as settings_module
-from notifier.errors import TransientDeliveryError
+from notifier.domain import Notification
 from notifier.observability import configure_logging
-from notifier.services.delivery import Dispatcher, NotDue
+from notifier.services.delivery import Dispatcher, NotDue, RetryLater
 from notifier.store import delivery as delivery_store
-from notifier.worker.broker import DELIVER_ACTOR, DELIVERY_QUEUE, build
+from notifier.worker.broker import (
+    DEAD_LETTER_STREAM_LENGTH,
+    DELIVER_ACTOR,
+    DELIVERY_QUEUE,
+    build,
+    dead_letter_stream,
+)
 
 settings = settings_module.load()
 configure_logging(settings.log.level)
@@ -54,11 +63,30 @@ def deliver_notification(notification_id: str) -> None:
     """Make one delivery attempt for the notification with this id."""
     try:
         result = dispatcher().deliver(uuid.UUID(notification_id))
-    except TransientDeliveryError as exc:
-        # Retry is Dramatiq's quiet way to ask for another attempt; without a delay of its own
-        # (the provider's Retry-After, capped at the longest backoff), the Retries middleware
-        # backs off exponentially, with jitter.
-        delay = None if exc.retry_after is None else int(min(exc.retry_after, settings.retry.max_backoff) * 1000)
-        raise dramatiq.Retry(exc.reason, delay=delay) from exc
+    except RetryLater as exc:
+        # Retry is Dramatiq's quiet way to ask for another attempt, after the channel's backoff.
+        raise dramatiq.Retry(exc.reason, delay=exc.delay_ms) from exc
     if isinstance(result, NotDue):
         deliver_notification.send_with_options(args=(notification_id,), delay=result.delay_ms)
+    elif result.kind == "failed" and result.notification is not None:
+        dead_letter(result.notification, result.reason or "")
+
+
+def dead_letter(notification: Notification, reason: str) -> None:
+    """Move the message to Dramatiq's dead-letter queue and append the failure to the stream."""
+    message = CurrentMessage.get_current_message()
+    if isinstance(message, MessageProxy):  # what the worker actually runs
+        message.fail()
+    broker.client.xadd(
+        dead_letter_stream(settings),
+        {
+            "notification_id": str(notification.id),
+            "channel": notification.channel.value,
+            "recipient": notification.recipient,
+            "attempts": str(notification.attempts),
+            "error": reason,
+            "failed_at": datetime.now(UTC).isoformat(),
+        },
+        maxlen=DEAD_LETTER_STREAM_LENGTH,
+        approximate=True,
+    )

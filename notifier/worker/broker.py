@@ -13,7 +13,15 @@ from collections.abc import Callable, Sequence
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
 from periodiq import PeriodiqMiddleware
 
 from notifier.services import Enqueue
@@ -23,6 +31,12 @@ DELIVERY_QUEUE = "notifier.deliver"
 DELIVER_ACTOR = "deliver_notification"
 SCHEDULE_QUEUE = "notifier.schedule"
 FIRE_SCHEDULES_ACTOR = "fire_schedules"
+
+MAINTENANCE_CHANCE = 100_000
+"""Out of a million Redis commands (Dramatiq's default: 1,000)."""
+
+DEAD_LETTER_STREAM = "dead-letters"
+DEAD_LETTER_STREAM_LENGTH = 100_000
 
 INFRASTRUCTURE_RETRIES = 10
 """Retries beyond the delivery attempts, for failures outside the channel (PostgreSQL away)."""
@@ -36,12 +50,14 @@ def build(settings: Settings) -> RedisBroker:
     # Every provider call is bounded by NOTIFIER_DELIVERY_TIMEOUT; the time limit is the backstop.
     middleware = [
         AgeLimit(),
-        TimeLimit(time_limit=int(settings.delivery.time_limit * 1000)),
+        TimeLimit(time_limit=int(settings.time_limit * 1000)),
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
+        CurrentMessage(),
         Retries(
-            max_retries=retry.max_attempts + INFRASTRUCTURE_RETRIES,
+            max_retries=max(settings.policy(c).max_attempts for c in ("email", "sms", "webhook", "log"))
+            + INFRASTRUCTURE_RETRIES,
             min_backoff=int(retry.min_backoff * 1000),
             max_backoff=int(retry.max_backoff * 1000),
         ),
@@ -49,10 +65,23 @@ def build(settings: Settings) -> RedisBroker:
         # tick works from the database's state, so the next one catches up.
         PeriodiqMiddleware(skip_delay=30),
     ]
-    broker = RedisBroker(client=client, namespace=settings.redis.namespace, middleware=middleware)
+    broker = RedisBroker(
+        client=client,
+        namespace=settings.redis.namespace,
+        middleware=middleware,
+        # A worker silent this long is dead: its unacknowledged messages go back to the queue
+        # during maintenance, which runs on one Redis command in ten.
+        heartbeat_timeout=int(settings.worker.heartbeat_timeout * 1000),
+        maintenance_chance=MAINTENANCE_CHANCE,
+    )
     broker.declare_queue(DELIVERY_QUEUE)
     broker.declare_queue(SCHEDULE_QUEUE)
     return broker
+
+
+def dead_letter_stream(settings: Settings) -> str:
+    """The capped Redis Stream every final failure is appended to: ``notifier:dead-letters`` by default."""
+    return f"{settings.redis.namespace}:{DEAD_LETTER_STREAM}"
 
 
 def ticker(broker: RedisBroker) -> Callable[[], None]:

@@ -9,8 +9,12 @@ from notifier.domain import TRANSITIONS, Channel, NewNotification, Status
 from notifier.errors import InvalidNotification, InvalidTransition
 
 
+def test_only_a_replay_leaves_failed() -> None:
+    assert TRANSITIONS[Status.FAILED] == {Status.QUEUED}
+
+
 def test_final_statuses_have_no_way_out() -> None:
-    for final in (Status.SENT, Status.FAILED, Status.CANCELLED):
+    for final in (Status.SENT, Status.CANCELLED):
         assert TRANSITIONS[final] == frozenset()
         for target in Status:
             with pytest.raises(InvalidTransition):
