@@ -135,8 +135,6 @@ def run_worker(args: argparse.Namespace) -> None:
 
 
 def run_scheduler(args: argparse.Namespace) -> None:
-    from periodiq import Scheduler
-
     from notifier.services.relay import Relay
     from notifier.worker import schedules
     from notifier.worker.actors import broker, pool, settings
@@ -154,7 +152,7 @@ def run_scheduler(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, terminate)
     logger.info("scheduler started", extra={"tick": schedules.TICK})
     periodic = [actor for actor in broker.actors.values() if "periodic" in actor.options]
-    scheduler = Scheduler(actors=periodic)
+    scheduler = schedules.TickScheduler(actors=periodic)
     try:
         scheduler.schedule()
         scheduler.loop()

@@ -7,8 +7,11 @@ each firing once, and a tick that never came (the scheduler was down) is caught 
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import dramatiq
-from periodiq import cron
+from periodiq import Scheduler, cron
 
 from notifier.services.rules import RuleScheduler
 from notifier.worker.actors import pool, settings
@@ -27,3 +30,17 @@ TICK = "* * * * *"
 def fire_schedules() -> None:
     """Turn the firings of schedule rules due within the lookahead into notifications."""
     RuleScheduler(settings, pool()).fire_due()
+
+
+logger = logging.getLogger("notifier.worker.schedules")
+
+
+class TickScheduler(Scheduler):  # type: ignore[misc]
+    """periodiq's scheduler, but a tick that cannot be sent (Redis away) is logged and skipped
+    instead of ending the process: the next tick catches up from the database's state."""
+
+    def send_actors(self, actors: list[Any], now: Any) -> None:
+        try:
+            super().send_actors(actors, now)
+        except Exception as exc:
+            logger.warning("could not send the scheduler tick; the next one catches up", extra={"error": repr(exc)})

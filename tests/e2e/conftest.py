@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -28,8 +29,18 @@ class Process:
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "notifier", *args], env=env, stdout=self._log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "notifier", *args],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so kill() takes its children too
         )
+
+    def kill(self) -> None:
+        """SIGKILL the process and its children at once, as a crashed machine would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -43,6 +54,8 @@ class Process:
                 self.popen.kill()
                 self.popen.wait(timeout=10)
         self._log.close()
+        with contextlib.suppress(ProcessLookupError):  # leave no orphaned worker process behind
+            os.killpg(self.popen.pid, signal.SIGKILL)
         return self.popen.returncode
 
 
@@ -70,13 +83,20 @@ class Stack:
         self.api = Process("api", ["api", "--port", str(self.port)], env, log_dir)
         self.worker = Process("worker", ["worker", "--processes", "1", "--threads", "4"], env, log_dir)
         self.schedulers = [self.start_scheduler() for _ in range(schedulers)]
+        self.extra_workers: list[Process] = []
         self.client = httpx.Client(
             base_url=f"http://127.0.0.1:{self.port}", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
         )
 
     @property
     def processes(self) -> list[Process]:
-        return [self.api, self.worker, *self.schedulers]
+        return [self.api, self.worker, *self.extra_workers, *self.schedulers]
+
+    def start_worker(self, *args: str) -> Process:
+        """Another worker process (e.g. to replace one that was killed)."""
+        worker = Process(f"worker-{len(self.extra_workers) + 2}", ["worker", *args], self.env, self.log_dir)
+        self.extra_workers.append(worker)
+        return worker
 
     def start_scheduler(self) -> Process:
         return Process(f"scheduler-{len(getattr(self, 'schedulers', []))}", ["scheduler"], self.env, self.log_dir)
