@@ -275,3 +275,25 @@ def test_the_same_message_pushed_into_redis_twice_is_delivered_once(
     shown = stack.client.get(f"/notifications/{created['id']}").json()
     assert len(shown["delivery_attempts"]) == 1
     assert counting_receiver.accepted == {created["id"]: 1}
+
+
+def test_sigterm_drains_in_flight_deliveries_and_leaves_the_rest_queued(
+    start_stack: StartStack, counting_receiver: CountingWebhookPeer, database_url: str
+) -> None:
+    counting_receiver.latency = 1.5  # each delivery takes a while: some are in flight at SIGTERM
+    stack = start_stack(NOTIFIER_WEBHOOK_SECRET=counting_receiver.secret, **FAULT_SETTINGS)
+    accepted = send_many(stack, counting_receiver, 20, threads=4)
+    wait_until(lambda: counting_receiver.accepted, 30, "the first deliveries to be in flight")
+    stopped_at = time.monotonic()
+    assert stack.worker.stop() == 0  # SIGTERM; exits cleanly once its in-flight deliveries finish
+    assert time.monotonic() - stopped_at < 30
+    in_flight = set(counting_receiver.accepted)
+    now_final = statuses(database_url, list(accepted))
+    assert all(now_final[i] == "sent" for i in in_flight), "an in-flight delivery was cut off"
+    assert "sending" not in now_final.values()
+    assert any(s == "queued" for s in now_final.values()), "the rest stay queued"
+    stack.start_worker("--processes", "1", "--threads", "4")
+    final = settle(database_url, list(accepted), timeout=120)
+    result = figures("sigterm-worker", accepted, counting_receiver, final)
+    assert result.delivered == result.sent == 20
+    assert result.duplicated == 0
