@@ -211,6 +211,21 @@ def test_misbehaving_providers(
         def outcomes(key: str) -> list[str]:
             return [a["outcome"] for a in shown[key]["delivery_attempts"]]
 
+        for key, peer_count in (
+            ("email", len(smtp.messages)),
+            ("hang", sum(hanging.accepted.values())),
+            ("429", sum(limited.accepted.values())),
+            ("400", sum(refusing.accepted.values())),
+        ):
+            n = shown[key]
+            Figures(
+                name=f"provider-{key}",
+                sent=1,
+                delivered=min(peer_count, 1),
+                failed=int(n["status"] == "failed"),
+                duplicated=max(peer_count - 1, 0),
+                longest_delay=n["lateness"] or 0.0,
+            ).report()
         assert outcomes("email") == ["transient_error", "transient_error", "sent"]
         assert len(smtp.messages) == 1
         assert outcomes("hang") == ["timeout", "sent"]
@@ -275,6 +290,7 @@ def test_the_same_message_pushed_into_redis_twice_is_delivered_once(
     shown = stack.client.get(f"/notifications/{created['id']}").json()
     assert len(shown["delivery_attempts"]) == 1
     assert counting_receiver.accepted == {created["id"]: 1}
+    Figures("same-message-twice", 1, 1, 0, 0, shown["lateness"]).report()
 
 
 def test_sigterm_drains_in_flight_deliveries_and_leaves_the_rest_queued(
