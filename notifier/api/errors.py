@@ -104,6 +104,39 @@ def _field_errors(extra: Any) -> list[FieldError]:
     return errors
 
 
+def item_problem(exc: Exception, *, field_prefix: str = "") -> Problem:
+    """The problem body for one item of a batch (no request: ``instance`` is left out)."""
+    if isinstance(exc, msgspec.ValidationError):
+        message, _, where = str(exc).rpartition(" - at ")
+        field = where.strip("`").removeprefix("$.") if where else ""
+        missing = _MISSING.search(str(exc))
+        unknown = re.search(r"Object contains unknown field `([^`]+)`", str(exc))
+        if missing:
+            field, message = missing.group(1), "is required"
+        elif unknown:
+            field, message = unknown.group(1), "is not a known field"
+        errors = [FieldError(f"{field_prefix}{field}" if field else field_prefix.rstrip("."), message or str(exc))]
+        return Problem(
+            type="urn:notifier:problem:invalid-request",
+            title="Invalid request",
+            status=422,
+            detail="; ".join(f"{e.field}: {e.message}" for e in errors),
+            errors=errors,
+        )
+    if isinstance(exc, InvalidNotification):
+        field = f"{field_prefix}{exc.field}"
+        return Problem(
+            type="urn:notifier:problem:invalid-request",
+            title="Invalid request",
+            status=422,
+            detail=f"{field}: {exc.reason}",
+            errors=[FieldError(field, exc.reason)],
+        )
+    if isinstance(exc, IdempotencyConflict):
+        return Problem(type="urn:notifier:problem:idempotency-conflict", title="Conflict", status=409, detail=str(exc))
+    raise exc
+
+
 def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Problem]:
     errors = _field_errors(exc.extra)
     if not errors:  # malformed JSON or an undecodable body: nothing to point at but the body

@@ -115,3 +115,25 @@ class RulePreview(msgspec.Struct, kw_only=True):
 class EventOut(domain.Event, frozen=True, kw_only=True):
     notifications: list[NotificationOut]
     """What the event produced: one notification per recipient of each enabled rule for its type."""
+
+
+MAX_BATCH = 1000
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    notifications: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+    """Each item is what ``POST /notify`` takes, validated and answered on its own."""
+
+
+class BatchItemResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    status: int
+    """202 accepted (or answered again for a repeated idempotency key), 409 or 422."""
+    notification: NotificationOut | None = None
+    idempotent_replayed: bool = False
+    error: Any = None
+    """An RFC 9457 problem naming the field, for 409 and 422."""
+
+
+class BatchResponse(msgspec.Struct, kw_only=True):
+    results: list[BatchItemResult]
+    """One per item, in the order of the request."""

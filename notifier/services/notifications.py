@@ -22,7 +22,13 @@ from notifier.domain import (
     check_transition,
     validate,
 )
-from notifier.errors import IdempotencyConflict, InvalidTransition, NotificationNotFound
+from notifier.errors import (
+    IdempotencyConflict,
+    InvalidNotification,
+    InvalidTransition,
+    NotificationNotFound,
+    NotifierError,
+)
 from notifier.services import Enqueue, delay_ms, now
 from notifier.settings import Settings
 from notifier.store import notifications as store
@@ -64,6 +70,45 @@ class Notifications:
             return await self._replay(new)
         await self.enqueue_due([stored], current)
         return Accepted(stored, created=True)
+
+    async def accept_many(self, batch: Sequence[NewNotification | NotifierError]) -> list[Accepted | NotifierError]:
+        """Accept a batch: each item validated and answered on its own, all stored in one statement.
+
+        An item that is already an error (it did not decode) is answered with that error.
+        """
+        current = now()
+        answers: list[Accepted | NotifierError | None] = []
+        valid: list[tuple[int, NewNotification]] = []
+        for item in batch:
+            if isinstance(item, NotifierError):
+                answers.append(item)
+                continue
+            try:
+                new = validate(item)
+                check_configured(new.channel, self.configured)
+            except InvalidNotification as exc:
+                answers.append(exc)
+                continue
+            valid.append((len(answers), new))
+            answers.append(None)
+        if valid:
+            news = [new for _, new in valid]
+            statuses = [Status.QUEUED if n.send_at is None or n.send_at <= current else Status.SCHEDULED for n in news]
+            stored = await store.insert_many(news, statuses, now=current)
+            conflicts = [new.idempotency_key for new, s in zip(news, stored, strict=True) if s is None]
+            existing = await store.get_by_idempotency_keys([k for k in conflicts if k is not None]) if conflicts else {}
+            for (position, new), notification in zip(valid, stored, strict=True):
+                if notification is not None:
+                    answers[position] = Accepted(notification, created=True)
+                    continue
+                assert new.idempotency_key is not None
+                found = existing.get(new.idempotency_key)
+                if found is None or found[1] != new.fingerprint():
+                    answers[position] = IdempotencyConflict(new.idempotency_key)
+                else:
+                    answers[position] = Accepted(found[0], created=False)
+            await self.enqueue_due([n for n in stored if n is not None], current)
+        return [a for a in answers if a is not None]
 
     async def _replay(self, new: NewNotification) -> Accepted:
         assert new.idempotency_key is not None

@@ -204,3 +204,63 @@ async def dead_letters(
         query = query.where((T.updated_at < failed_at) | ((T.updated_at == failed_at) & (T.id < last_id)))
     query = query.order_by(T.updated_at, T.id, ascending=False).limit(limit)
     return [rows.notification(row) for row in await query]
+
+
+_INSERT_MANY = """
+INSERT INTO notifications (id, channel, recipient, subject, body, metadata, send_at, status, attempts,
+    idempotency_key, request_fingerprint, created_at, updated_at)
+SELECT id, channel, recipient, subject, body, metadata, send_at, status, 0, idempotency_key, fingerprint, {}, {}
+FROM unnest({}::uuid[], {}::text[], {}::text[], {}::text[], {}::text[], {}::jsonb[], {}::timestamptz[],
+            {}::text[], {}::text[], {}::text[])
+    AS t(id, channel, recipient, subject, body, metadata, send_at, status, idempotency_key, fingerprint)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id
+"""
+
+
+async def insert_many(
+    news: Sequence[NewNotification], statuses: Sequence[Status], *, now: datetime
+) -> list[Notification | None]:
+    """Store many notifications in one statement; ``None`` where an idempotency key was taken already."""
+    made = [
+        Notification(
+            id=uuid.uuid4(),
+            channel=new.channel,
+            recipient=new.recipient,
+            subject=new.subject,
+            body=new.body,
+            metadata=new.metadata,
+            send_at=new.send_at,
+            status=status,
+            attempts=0,
+            last_error=None,
+            idempotency_key=new.idempotency_key,
+            created_at=now,
+            updated_at=now,
+            sent_at=None,
+        )
+        for new, status in zip(news, statuses, strict=True)
+    ]
+    encode = msgspec.json.encode
+    inserted = await T.raw(
+        _INSERT_MANY,
+        now,
+        now,
+        [n.id for n in made],
+        [n.channel.value for n in made],
+        [n.recipient for n in made],
+        [n.subject for n in made],
+        [n.body for n in made],
+        [encode(n.metadata).decode() for n in made],
+        [n.send_at for n in made],
+        [n.status.value for n in made],
+        [n.idempotency_key for n in made],
+        [new.fingerprint() if new.idempotency_key else None for new in news],
+    )
+    stored = {row["id"] for row in inserted}
+    return [n if n.id in stored else None for n in made]
+
+
+async def get_by_idempotency_keys(keys: Sequence[str]) -> dict[str, tuple[Notification, str | None]]:
+    found = await T.select(*COLUMNS, T.request_fingerprint).where(T.idempotency_key.is_in(list(keys)))
+    return {row["idempotency_key"]: (rows.notification(row), row["request_fingerprint"]) for row in found}

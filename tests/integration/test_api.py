@@ -309,3 +309,46 @@ def test_same_instant_in_another_offset_is_the_same_request(client: Client) -> N
     again = client.post("/notify", json={**LOG, "send_at": "2031-01-01T10:00:00+01:00", "idempotency_key": "tz"})
     assert again.status_code == 202, again.text
     assert again.json()["id"] == first.json()["id"]
+
+
+def test_batch_answers_each_item_on_its_own(client: Client, redis_url: str, redis_namespace: str) -> None:
+    client.post("/notify", json={**LOG, "idempotency_key": "old"})
+    batch = [
+        {**LOG, "body": "one"},
+        {"channel": "sms", "recipient": "555", "body": "b"},
+        {**LOG, "idempotency_key": "old"},
+        {**LOG, "body": "other", "idempotency_key": "old"},
+        {**LOG, "recipient": 42},
+        {**LOG, "body": "twice", "idempotency_key": "dup"},
+        {**LOG, "body": "twice", "idempotency_key": "dup"},
+        {"channel": "log", "body": "no recipient"},
+    ]
+    response = client.post("/notify/batch", json={"notifications": batch})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [202, 422, 202, 409, 422, 202, 202, 422]
+    assert results[0]["notification"]["body"] == "one"
+    assert results[1]["error"]["errors"][0]["field"] in ("notifications[1].channel", "notifications[1].recipient")
+    assert results[2]["idempotent_replayed"] is True
+    assert results[4]["error"]["errors"] == [
+        {"field": "notifications[4].recipient", "message": "Expected `str`, got `int`"}
+    ]
+    assert results[5]["notification"]["id"] == results[6]["notification"]["id"]
+    assert results[6]["idempotent_replayed"] is True
+    assert results[7]["error"]["errors"][0]["field"] == "notifications[7].recipient"
+    created = {results[0]["notification"]["id"], results[5]["notification"]["id"]}
+    assert set(queued_ids(redis_url, redis_namespace)) - {results[2]["notification"]["id"]} == created
+
+
+def test_batch_size_is_bounded(client: Client) -> None:
+    assert fields(problem(client.post("/notify/batch", json={"notifications": []}), 422)) == ["notifications"]
+    many = {"notifications": [LOG] * 1001}
+    assert fields(problem(client.post("/notify/batch", json=many), 422)) == ["notifications"]
+
+
+def test_a_batch_of_1000_is_stored_and_enqueued(client: Client, redis_url: str, redis_namespace: str) -> None:
+    response = client.post("/notify/batch", json={"notifications": [{**LOG, "body": f"n{i}"} for i in range(1000)]})
+    results = response.json()["results"]
+    assert {r["status"] for r in results} == {202}
+    assert len(set(queued_ids(redis_url, redis_namespace))) == 1000
+    assert len(client.get("/notifications", params={"limit": 200}).json()["items"]) == 200
