@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -35,6 +37,9 @@ from notifier.store import notifications as store
 
 logger = logging.getLogger("notifier.services")
 
+MARK_INTERVAL = 0.05
+"""Seconds between the UPDATEs that mark enqueued notifications (well inside the relay's grace)."""
+
 
 @dataclass(frozen=True)
 class Accepted:
@@ -52,11 +57,36 @@ class Notifications:
         self.configured = configured
 
     async def start(self) -> None:
-        """Open the database pool."""
+        """Open the database pool and start marking enqueued notifications."""
         await store.connect(self.settings.database.url, pool_size=self.settings.database.pool_size)
+        self._marks: list[uuid.UUID] = []
+        self._marker = asyncio.create_task(self._mark_forever())
 
     async def stop(self) -> None:
+        self._marker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._marker
+        await self._flush_marks()
         await store.disconnect()
+
+    async def _mark_forever(self) -> None:
+        while True:
+            await asyncio.sleep(MARK_INTERVAL)
+            await self._flush_marks()
+
+    async def _flush_marks(self) -> None:
+        """Record as enqueued, in one UPDATE, what was enqueued since the last flush.
+
+        Deferred, because a notification not yet marked is only at risk of being enqueued a
+        second time by the relay (after ``RELAY_GRACE``), which the worker's claim makes harmless.
+        """
+        if not self._marks:
+            return
+        ids, self._marks = self._marks, []
+        try:
+            await store.mark_enqueued(ids, now=now())
+        except Exception as exc:
+            logger.warning("could not mark notifications enqueued", extra={"count": len(ids), "error": repr(exc)})
 
     async def accept(self, new: NewNotification) -> Accepted:
         """Validate, store (committed), then enqueue; a failed enqueue is left to the relay."""
@@ -133,7 +163,7 @@ class Notifications:
                 extra={"notification_ids": [str(i) for i, _ in items], "error": repr(exc)},
             )
             return
-        await store.mark_enqueued([i for i, _ in items], now=current)
+        self._marks.extend(i for i, _ in items)
 
     async def get(self, notification_id: uuid.UUID) -> Notification:
         found = await store.get(notification_id)

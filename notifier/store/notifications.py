@@ -44,10 +44,15 @@ COLUMNS: tuple[Column, ...] = (
 )
 
 
+async def _keep_session(connection: object) -> None:
+    """Nothing to reset: no query sets session state, so a released connection skips asyncpg's
+    reset round trip (``RESET ALL``, ``UNLISTEN *``, …)."""
+
+
 async def connect(database_url: str, *, pool_size: int) -> None:
     """Open a pool and bind the tables to it, for this process; :func:`disconnect` closes it."""
     engine = PostgresEngine(config={"dsn": database_url}, log_queries=False)
-    await engine.start_connection_pool(min_size=1, max_size=pool_size)
+    await engine.start_connection_pool(min_size=1, max_size=pool_size, reset=_keep_session)
     for table in (NotificationTable, DeliveryAttemptTable, RuleTable, EventTable):
         table._meta.db = engine
 
@@ -68,29 +73,10 @@ async def insert(
     event_id: uuid.UUID | None = None,
 ) -> Notification | None:
     """Store a notification; ``None`` when its idempotency key is taken already."""
-    row = T(
-        id=uuid.uuid4(),
-        channel=new.channel.value,
-        recipient=new.recipient,
-        subject=new.subject,
-        body=new.body,
-        metadata=msgspec.json.encode(new.metadata).decode(),
-        send_at=new.send_at,
-        status=status.value,
-        attempts=0,
-        idempotency_key=new.idempotency_key,
-        request_fingerprint=new.fingerprint() if new.idempotency_key else None,
-        created_at=now,
-        updated_at=now,
-        last_error=last_error,
-        rule=rule_id,
-        event=event_id,
+    [stored] = await insert_many(
+        [new], [status], now=now, last_errors=[last_error], rule_ids=[rule_id], event_ids=[event_id]
     )
-    query = T.insert(row).returning(*COLUMNS)
-    if new.idempotency_key is not None:
-        query = query.on_conflict(target=T.idempotency_key, action="DO NOTHING")
-    inserted = await query
-    return rows.notification(inserted[0]) if inserted else None
+    return stored
 
 
 async def get_by_idempotency_key(key: str) -> tuple[Notification, str | None] | None:
@@ -208,20 +194,41 @@ async def dead_letters(
 
 _INSERT_MANY = """
 INSERT INTO notifications (id, channel, recipient, subject, body, metadata, send_at, status, attempts,
-    idempotency_key, request_fingerprint, created_at, updated_at)
-SELECT id, channel, recipient, subject, body, metadata, send_at, status, 0, idempotency_key, fingerprint, {}, {}
+    idempotency_key, request_fingerprint, last_error, rule, event, created_at, updated_at)
+SELECT id, channel, recipient, subject, body, metadata, send_at, status, 0,
+    idempotency_key, fingerprint, last_error, rule, event, {}, {}
 FROM unnest({}::uuid[], {}::text[], {}::text[], {}::text[], {}::text[], {}::jsonb[], {}::timestamptz[],
-            {}::text[], {}::text[], {}::text[])
-    AS t(id, channel, recipient, subject, body, metadata, send_at, status, idempotency_key, fingerprint)
+            {}::text[], {}::text[], {}::text[], {}::text[], {}::uuid[], {}::uuid[])
+    AS t(id, channel, recipient, subject, body, metadata, send_at, status,
+         idempotency_key, fingerprint, last_error, rule, event)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id
+"""
+
+
+_INSERT_ONE = """
+INSERT INTO notifications (id, channel, recipient, subject, body, metadata, send_at, status, attempts,
+    idempotency_key, request_fingerprint, last_error, rule, event, created_at, updated_at)
+VALUES ({}, {}, {}, {}, {}, {}::jsonb, {}, {}, 0, {}, {}, {}, {}, {}, {}, {})
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id
 """
 
 
 async def insert_many(
-    news: Sequence[NewNotification], statuses: Sequence[Status], *, now: datetime
+    news: Sequence[NewNotification],
+    statuses: Sequence[Status],
+    *,
+    now: datetime,
+    last_errors: Sequence[str | None] | None = None,
+    rule_ids: Sequence[uuid.UUID | None] | None = None,
+    event_ids: Sequence[uuid.UUID | None] | None = None,
 ) -> list[Notification | None]:
-    """Store many notifications in one statement; ``None`` where an idempotency key was taken already."""
+    """Store notifications in one statement; ``None`` where an idempotency key was taken already.
+
+    The rows are built here, so nothing but the ids of the rows written comes back.
+    """
+    none: list[None] = [None] * len(news)
     made = [
         Notification(
             id=uuid.uuid4(),
@@ -233,15 +240,40 @@ async def insert_many(
             send_at=new.send_at,
             status=status,
             attempts=0,
-            last_error=None,
+            last_error=last_error,
             idempotency_key=new.idempotency_key,
             created_at=now,
             updated_at=now,
             sent_at=None,
+            rule_id=rule_id,
+            event_id=event_id,
         )
-        for new, status in zip(news, statuses, strict=True)
+        for new, status, last_error, rule_id, event_id in zip(
+            news, statuses, last_errors or none, rule_ids or none, event_ids or none, strict=True
+        )
     ]
     encode = msgspec.json.encode
+    if len(made) == 1:  # the common case, as one plain prepared statement
+        n, new = made[0], news[0]
+        inserted = await T.raw(
+            _INSERT_ONE,
+            n.id,
+            n.channel.value,
+            n.recipient,
+            n.subject,
+            n.body,
+            encode(n.metadata).decode(),
+            n.send_at,
+            n.status.value,
+            n.idempotency_key,
+            new.fingerprint() if new.idempotency_key else None,
+            n.last_error,
+            n.rule_id,
+            n.event_id,
+            now,
+            now,
+        )
+        return [n] if inserted else [None]
     inserted = await T.raw(
         _INSERT_MANY,
         now,
@@ -256,6 +288,9 @@ async def insert_many(
         [n.status.value for n in made],
         [n.idempotency_key for n in made],
         [new.fingerprint() if new.idempotency_key else None for new in news],
+        [n.last_error for n in made],
+        [n.rule_id for n in made],
+        [n.event_id for n in made],
     )
     stored = {row["id"] for row in inserted}
     return [n if n.id in stored else None for n in made]
