@@ -88,8 +88,8 @@ def run_api(args: argparse.Namespace) -> None:
     import uvicorn
 
     from notifier.api.app import create_app
+    from notifier.worker.broker import AsyncEnqueuer, ticker
     from notifier.worker.broker import build as build_broker
-    from notifier.worker.broker import enqueuer, ticker
 
     settings = settings_module.load()
     if not settings.api.keys and not settings.auth.disabled:
@@ -101,7 +101,7 @@ def run_api(args: argparse.Namespace) -> None:
         logger.warning("authentication is disabled (NOTIFIER_AUTH_DISABLED=true)")
     broker = build_broker(settings)
     uvicorn.run(
-        create_app(settings, broker, enqueuer(broker), ticker(broker)),
+        create_app(settings, broker, AsyncEnqueuer(broker, settings.redis.url), ticker(broker)),
         host=args.host or settings.api.host,
         port=settings.api.port if args.port is None else args.port,
         log_config=None,

@@ -23,14 +23,14 @@ from notifier.api.events import EventController
 from notifier.api.health import healthz, readyz
 from notifier.api.notifications import NotificationController
 from notifier.api.rules import RuleController
-from notifier.services import Enqueue
+from notifier.services import AsyncEnqueue
 from notifier.services.events import Events
 from notifier.services.notifications import Notifications
 from notifier.services.rules import Rules
 from notifier.settings import Settings
 
 
-def create_app(settings: Settings, broker: RedisBroker, enqueue: Enqueue, tick: Callable[[], None]) -> Litestar:
+def create_app(settings: Settings, broker: RedisBroker, enqueue: AsyncEnqueue, tick: Callable[[], None]) -> Litestar:
     """Build the API from ``settings``; ``enqueue`` puts delivery messages on ``broker``, ``tick``
     asks for a scheduler tick."""
     configured = channels.configured(settings)
@@ -48,6 +48,8 @@ def create_app(settings: Settings, broker: RedisBroker, enqueue: Enqueue, tick: 
         finally:
             await app.state.redis.aclose()
             await service.stop()
+            if hasattr(enqueue, "aclose"):
+                await enqueue.aclose()
             broker.close()
 
     def provide_service() -> Notifications:

@@ -7,11 +7,14 @@ work on Redis goes through an injected :data:`Enqueue`, so no use case knows the
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 Enqueue = Callable[[Sequence[tuple[uuid.UUID, int]]], None]
 """Puts ``(notification id, delay in ms)`` pairs on the delivery queue; blocking, may raise."""
+
+AsyncEnqueue = Callable[[Sequence[tuple[uuid.UUID, int]]], Awaitable[None]]
+"""The same, for the event loop."""
 
 
 def now() -> datetime:

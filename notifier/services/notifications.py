@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import anyio.to_thread
-
 from notifier.channels import check_configured
 from notifier.domain import (
     Attempt,
@@ -31,7 +29,7 @@ from notifier.errors import (
     NotificationNotFound,
     NotifierError,
 )
-from notifier.services import Enqueue, delay_ms, now
+from notifier.services import AsyncEnqueue, delay_ms, now
 from notifier.settings import Settings
 from notifier.store import notifications as store
 
@@ -51,7 +49,7 @@ class Accepted:
 class Notifications:
     """The API's use cases. ``configured`` lists the channels this deployment can deliver on."""
 
-    def __init__(self, settings: Settings, enqueue: Enqueue, configured: frozenset[Channel]) -> None:
+    def __init__(self, settings: Settings, enqueue: AsyncEnqueue, configured: frozenset[Channel]) -> None:
         self.settings = settings
         self._enqueue = enqueue
         self.configured = configured
@@ -156,7 +154,7 @@ class Notifications:
         if not items:
             return
         try:
-            await anyio.to_thread.run_sync(self._enqueue, items)
+            await self._enqueue(items)
         except Exception as exc:
             logger.warning(
                 "enqueue failed; the outbox relay will retry",

@@ -14,6 +14,7 @@ from typing import Any
 
 import dramatiq
 import redis
+import redis.asyncio
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
 from dramatiq.middleware import (
@@ -102,6 +103,12 @@ def ticker(broker: RedisBroker) -> Callable[[], None]:
 PIPELINE_BATCH = 500
 
 
+def _message(notification_id: uuid.UUID) -> dramatiq.Message[None]:
+    return dramatiq.Message(
+        queue_name=DELIVERY_QUEUE, actor_name=DELIVER_ACTOR, args=(str(notification_id),), kwargs={}, options={}
+    )
+
+
 def enqueuer(broker: RedisBroker) -> Enqueue:
     """An :data:`~notifier.services.Enqueue` that puts ``deliver_notification`` messages on ``broker``.
 
@@ -110,20 +117,41 @@ def enqueuer(broker: RedisBroker) -> Enqueue:
     per batch instead of one per message).
     """
 
-    def message(notification_id: uuid.UUID) -> dramatiq.Message[None]:
-        return dramatiq.Message(
-            queue_name=DELIVERY_QUEUE, actor_name=DELIVER_ACTOR, args=(str(notification_id),), kwargs={}, options={}
-        )
-
     def enqueue(items: Sequence[tuple[uuid.UUID, int]]) -> None:
         if len(items) == 1:
             notification_id, delay_ms = items[0]
-            broker.enqueue(message(notification_id), delay=delay_ms or None)
+            broker.enqueue(_message(notification_id), delay=delay_ms or None)
             return
         for start in range(0, len(items), PIPELINE_BATCH):
-            _enqueue_pipelined(broker, [(message(i), d or None) for i, d in items[start : start + PIPELINE_BATCH]])
+            _enqueue_pipelined(broker, [(_message(i), d or None) for i, d in items[start : start + PIPELINE_BATCH]])
 
     return enqueue
+
+
+def _dispatch_args(
+    broker: RedisBroker, original: dramatiq.Message[None], delay: int | None, now: int
+) -> tuple[dramatiq.Message[None], list[Any]]:
+    """What ``RedisBroker.enqueue`` prepares for one message (its Redis id, its eta), and the
+    arguments of the broker's dispatch script that enqueues it."""
+    queue_name = original.queue_name
+    options: dict[str, Any] = {"redis_message_id": str(uuid.uuid4())}
+    if delay is not None:
+        queue_name = dq_name(queue_name)
+        options["eta"] = now + delay
+    msg = original.copy(queue_name=queue_name, options=options)
+    args = [
+        "enqueue",
+        now,
+        queue_name,
+        broker.broker_id,
+        broker.heartbeat_timeout,
+        broker.dead_message_ttl,
+        0,  # no maintenance from here; the consumers' own commands do it
+        broker._max_unpack_size(),
+        msg.options["redis_message_id"],
+        msg.encode(),
+    ]
+    return msg, args
 
 
 def _enqueue_pipelined(broker: RedisBroker, batch: list[tuple[dramatiq.Message[None], int | None]]) -> None:
@@ -133,27 +161,45 @@ def _enqueue_pipelined(broker: RedisBroker, batch: list[tuple[dramatiq.Message[N
     prepared = []
     with broker.client.pipeline(transaction=False) as pipe:
         for original, delay in batch:
-            queue_name = original.queue_name
-            options: dict[str, Any] = {"redis_message_id": str(uuid.uuid4())}
-            if delay is not None:
-                queue_name = dq_name(queue_name)
-                options["eta"] = now + delay
-            msg = original.copy(queue_name=queue_name, options=options)
+            msg, args = _dispatch_args(broker, original, delay, now)
             broker.emit_before("enqueue", msg, delay)
-            args = [
-                "enqueue",
-                now,
-                queue_name,
-                broker.broker_id,
-                broker.heartbeat_timeout,
-                broker.dead_message_ttl,
-                0,  # no maintenance inside a pipeline; the consumers' own commands do it
-                broker._max_unpack_size(),
-                msg.options["redis_message_id"],
-                msg.encode(),
-            ]
             script(keys=[broker.namespace], args=args, client=pipe)
             prepared.append((msg, delay))
         pipe.execute()
     for msg, delay in prepared:
         broker.emit_after("enqueue", msg, delay)
+
+
+class AsyncEnqueuer:
+    """An :data:`~notifier.services.AsyncEnqueue` for the API: enqueues from the event loop through
+    ``redis.asyncio``, running the broker's own dispatch script, so no request waits for a thread
+    (and a batch is one pipelined round trip)."""
+
+    def __init__(self, broker: RedisBroker, url: str) -> None:
+        self.broker = broker
+        self.client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+        self.script = self.client.register_script(broker.scripts["dispatch"].script)
+
+    async def __call__(self, items: Sequence[tuple[uuid.UUID, int]]) -> None:
+        now = int(time.time() * 1000)
+        keys = [self.broker.namespace]
+        for start in range(0, len(items), PIPELINE_BATCH):
+            batch = items[start : start + PIPELINE_BATCH]
+            delays = [d or None for _, d in batch]
+            prepared = [
+                _dispatch_args(self.broker, _message(i), d, now) for (i, _), d in zip(batch, delays, strict=True)
+            ]
+            for (msg, _), delay in zip(prepared, delays, strict=True):
+                self.broker.emit_before("enqueue", msg, delay)
+            if len(prepared) == 1:
+                await self.script(keys=keys, args=prepared[0][1])
+            else:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for _, args in prepared:
+                        await self.script(keys=keys, args=args, client=pipe)
+                    await pipe.execute()
+            for (msg, _), delay in zip(prepared, delays, strict=True):
+                self.broker.emit_after("enqueue", msg, delay)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -21,12 +21,17 @@ from notifier.settings import Settings
 from notifier.store import delivery as delivery_store
 
 
-def accept(settings: Settings, new: NewNotification, enqueue: object = None) -> Notification:
-    """Store a notification through the real accept path; returns it."""
-    calls: list[Sequence[tuple[uuid.UUID, int]]] = []
+def accept(
+    settings: Settings, new: NewNotification, enqueue: Callable[[Sequence[tuple[uuid.UUID, int]]], None] | None = None
+) -> Notification:
+    """Store a notification through the real accept path (``enqueue`` stands in for Redis); returns it."""
+
+    async def enqueue_async(items: Sequence[tuple[uuid.UUID, int]]) -> None:
+        if enqueue is not None:
+            enqueue(items)
 
     async def run() -> Notification:
-        service = Notifications(settings, enqueue or calls.append, frozenset(Channel))  # type: ignore[arg-type]
+        service = Notifications(settings, enqueue_async, frozenset(Channel))
         await service.start()
         try:
             return (await service.accept(new)).notification
