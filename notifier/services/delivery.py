@@ -100,7 +100,7 @@ class Dispatcher:
             outcome="sent",
             provider_message_id=provider_message_id,
         )
-        logger.info("notification sent", extra={**log, "provider_message_id": provider_message_id})
+        logger.debug("notification sent", extra={**log, "provider_message_id": provider_message_id})
         return Delivered("sent", notification)
 
     def _unclaimed(self, notification_id: uuid.UUID) -> Delivered | NotDue:
