@@ -106,6 +106,7 @@ def run_api(args: argparse.Namespace) -> None:
         port=settings.api.port if args.port is None else args.port,
         log_config=None,
         proxy_headers=True,
+        access_log=settings.api.access_log,
         server_header=False,
     )
 

@@ -71,6 +71,9 @@ class ApiSettings(Group, frozen=True, kw_only=True):
     keys: Annotated[list[str], _doc("Comma-separated bearer keys; every route but health/metrics needs one.")] = []
     host: Annotated[str, _doc("Address `notifier api` binds.")] = "127.0.0.1"
     port: Annotated[int, _doc("Port `notifier api` binds."), msgspec.Meta(ge=0, le=65535)] = 8000
+    access_log: Annotated[
+        bool, _doc("`true` logs every request (a JSON line each); off by default, it costs throughput.")
+    ] = False
     max_body_size: Annotated[
         int, _doc("Largest request body accepted, in bytes (larger: 413)."), msgspec.Meta(ge=1024)
     ] = 1_048_576
