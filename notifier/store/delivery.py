@@ -24,7 +24,7 @@ Pool = ConnectionPool[Connection[DictRow]]
 
 _CLAIMABLE = [s.value for s in sources(Status.SENDING)]
 
-FINISH_RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0)
+FINISH_RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 _CLAIM = """
 WITH claimed AS (
@@ -125,3 +125,4 @@ def finish(
             if pause is None:
                 raise
             time.sleep(pause)
+            pool.check()  # drop the pool's connections the server has closed meanwhile
