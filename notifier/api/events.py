@@ -10,9 +10,9 @@ from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody
 
+from notifier.api import schemas
 from notifier.api.schemas import EventOut, NotificationOut
 from notifier.domain import NewEvent
-from notifier.errors import InvalidNotification
 from notifier.services.events import Events
 
 
@@ -29,10 +29,9 @@ class EventController(Controller):
     ) -> Response[EventOut]:
         """Store the event and answer with the notifications it created. The same idempotency key
         never fans out twice: a repeat answers with what the first request produced."""
-        if idempotency_key is not None:
-            if data.idempotency_key is not None and data.idempotency_key != idempotency_key:
-                raise InvalidNotification("idempotency_key", "differs from the Idempotency-Key header")
-            data = msgspec.structs.replace(data, idempotency_key=idempotency_key)
+        data = msgspec.structs.replace(
+            data, idempotency_key=schemas.idempotency_key(data.idempotency_key, idempotency_key)
+        )
         published = await events.publish(data)
         headers = {"Location": f"/events/{published.event.id}"}
         if not published.created:

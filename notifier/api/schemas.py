@@ -19,6 +19,18 @@ Body = Annotated[str, msgspec.Meta(min_length=1, max_length=domain.MAX_BODY_LENG
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=domain.MAX_IDEMPOTENCY_KEY_LENGTH)]
 
 
+def idempotency_key(body_key: str | None, header_key: str | None) -> str | None:
+    """The request's idempotency key: the body's ``idempotency_key`` or the ``Idempotency-Key``
+    header; both may be given only if they agree."""
+    if header_key is None:
+        return body_key
+    if body_key is not None and body_key != header_key:
+        raise InvalidNotification("idempotency_key", "differs from the Idempotency-Key header")
+    if not 1 <= len(header_key) <= domain.MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise InvalidNotification("Idempotency-Key", f"must be 1 to {domain.MAX_IDEMPOTENCY_KEY_LENGTH} characters")
+    return header_key
+
+
 class NotifyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A notification to send now, or at ``send_at``."""
 
@@ -31,15 +43,7 @@ class NotifyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     idempotency_key: IdempotencyKey | None = None
 
     def to_domain(self, header_key: str | None) -> domain.NewNotification:
-        key = self.idempotency_key
-        if header_key is not None:
-            if key is not None and key != header_key:
-                raise InvalidNotification("idempotency_key", "differs from the Idempotency-Key header")
-            if len(header_key) > domain.MAX_IDEMPOTENCY_KEY_LENGTH or not header_key:
-                raise InvalidNotification(
-                    "Idempotency-Key", f"must be 1 to {domain.MAX_IDEMPOTENCY_KEY_LENGTH} characters"
-                )
-            key = header_key
+        key = idempotency_key(self.idempotency_key, header_key)
         return domain.NewNotification(
             channel=self.channel,
             recipient=self.recipient,
