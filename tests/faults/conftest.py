@@ -27,11 +27,12 @@ from tests.peers import Request, Response, WebhookPeer, new_webhook_secret
 class CountingWebhookPeer(WebhookPeer):
     """A webhook receiver that counts, per ``webhook-id``, the deliveries it accepted (2xx) and
     when it first accepted each; it can fail a share of requests with a transient status and
-    take a while over each."""
+    take a while over each; ``refuse_first`` refuses that many requests before anything else."""
 
-    def __init__(self, secret: str, *, failure_rate: float = 0.0, latency: float = 0.0) -> None:
+    def __init__(self, secret: str, *, failure_rate: float = 0.0, latency: float = 0.0, refuse_first: int = 0) -> None:
         super().__init__(secret)
         self.failure_rate = failure_rate
+        self.refuse_first = refuse_first
         self.latency = latency
         self.accepted: Counter[str] = Counter()
         self.first_accepted: dict[str, float] = {}
@@ -42,7 +43,8 @@ class CountingWebhookPeer(WebhookPeer):
     def _answer(self, request: Request) -> Response:
         response = super()._answer(request)
         with self._counts:
-            if response.status < 300 and self._random.random() < self.failure_rate:
+            refuse = self.refused < self.refuse_first or self._random.random() < self.failure_rate
+            if response.status < 300 and refuse:
                 self.refused += 1
                 return Response(503, b"injected failure")
             if response.status < 300:
@@ -132,8 +134,11 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 # The end-to-end stack (api, worker, scheduler as real processes) and its helpers.
 from tests.e2e.conftest import Stack, StartStack, start_stack, wait_until  # noqa: E402, F401
 
+# Messages Redis or a worker lost are re-enqueued after NOTIFIER_DELIVERY_REQUEUE_AFTER; the
+# tests shorten it (and the lease) so that recovery fits their deadlines.
 FAULT_SETTINGS = {
     "NOTIFIER_DELIVERY_TIMEOUT": "2",
+    "NOTIFIER_DELIVERY_REQUEUE_AFTER": "20",
     "NOTIFIER_DELIVERY_LEASE": "15",
     "NOTIFIER_WORKER_HEARTBEAT_TIMEOUT": "5",
     "NOTIFIER_RETRY_MIN_BACKOFF": "0.2",

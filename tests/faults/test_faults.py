@@ -152,6 +152,42 @@ def test_redis_stopped_for_20_seconds_during_a_stream_of_requests(
     assert result.duplicated == 0
 
 
+def test_retries_pending_when_redis_goes_away_are_not_lost(
+    start_stack: StartStack, counting_receiver: CountingWebhookPeer, database_url: str, own_redis: OwnRedis
+) -> None:
+    # Dramatiq drops the delayed messages a worker holds in memory when its Redis connection
+    # fails, and a retry that cannot be enqueued at all is gone too; the relay must notice.
+    requeue_after, backoff = 5, 3
+    counting_receiver.refuse_first = 5
+    stack = start_stack(
+        NOTIFIER_WEBHOOK_SECRET=counting_receiver.secret,
+        NOTIFIER_REDIS_URL=own_redis.url,
+        **{
+            **FAULT_SETTINGS,
+            "NOTIFIER_DELIVERY_REQUEUE_AFTER": str(requeue_after),
+            "NOTIFIER_RETRY_MIN_BACKOFF": str(backoff),
+            "NOTIFIER_RETRY_MAX_BACKOFF": str(backoff),
+        },
+    )
+    accepted = {
+        stack.notify(channel="webhook", recipient=f"{counting_receiver.url}/p/{i}", body=f"p {i}")["id"]: time.time()
+        for i in range(5)
+    }
+    wait_until(lambda: counting_receiver.refused >= 5, 30, "every first attempt to be refused")
+    wait_until(lambda: set(statuses(database_url, list(accepted)).values()) == {"retrying"}, 10, "retries")
+    own_redis.stop()
+    stopped_at = time.time()
+    wait_until(lambda: "Consumer encountered a connection error" in stack.worker.log(), 30, "the worker to notice")
+    own_redis.start()
+    # Lost retries come back after the requeue delay plus the longest backoff, on a relay pass.
+    final = settle(database_url, list(accepted), timeout=requeue_after + backoff + 30)
+    result = figures("retries-pending-redis-restarted", accepted, counting_receiver, final)
+    assert result.delivered == result.sent == 5
+    assert result.failed == 0
+    assert result.duplicated == 0
+    assert min(counting_receiver.first_accepted.values()) > stopped_at
+
+
 def test_postgres_connections_terminated_under_load(
     start_stack: StartStack, counting_receiver: CountingWebhookPeer, database_url: str
 ) -> None:
