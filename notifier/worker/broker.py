@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import dramatiq
+import msgspec
 import redis
 import redis.asyncio
 from dramatiq.brokers.redis import RedisBroker
@@ -100,106 +101,100 @@ def ticker(broker: RedisBroker) -> Callable[[], None]:
     return tick
 
 
-PIPELINE_BATCH = 500
+ENQUEUE_BATCH = 500
+"""Messages a script call enqueues at most (well under Redis's Lua ``unpack`` limit)."""
+
+ENQUEUE_MANY = """
+-- keys = [namespace], args = [timestamp, sender id, queue name, id1, message1, id2, message2, ...]
+-- What the "enqueue" command of Dramatiq's dispatch script does for one message (store it in
+-- the queue's hash, push its id on the queue, record the sender's heartbeat), for many at once.
+local queue = KEYS[1] .. ":" .. ARGV[3]
+redis.call("zadd", KEYS[1] .. ":__heartbeats__", ARGV[1], ARGV[2])
+local ids = {}
+for i = 4, #ARGV, 2 do
+    ids[#ids + 1] = ARGV[i]
+end
+redis.call("hset", queue .. ".msgs", unpack(ARGV, 4))
+redis.call("rpush", queue, unpack(ids))
+"""
+
+_encode = msgspec.json.Encoder().encode
 
 
-def _message(notification_id: uuid.UUID) -> dramatiq.Message[None]:
-    return dramatiq.Message(
-        queue_name=DELIVERY_QUEUE, actor_name=DELIVER_ACTOR, args=(str(notification_id),), kwargs={}, options={}
-    )
+class _Batch:
+    """``deliver_notification`` messages as ``RedisBroker.enqueue`` makes them (a Redis message id,
+    the delay queue and an ``eta`` when delayed), encoded, grouped by queue for :data:`ENQUEUE_MANY`."""
+
+    def __init__(self, broker: RedisBroker, items: Sequence[tuple[uuid.UUID, int]]) -> None:
+        self.broker = broker
+        self.now = int(time.time() * 1000)
+        self.messages: list[tuple[dramatiq.Message[None], int | None]] = []
+        self.queues: dict[str, list[str | bytes]] = {}
+        for notification_id, delay_ms in items:
+            delay = delay_ms or None
+            queue_name = DELIVERY_QUEUE if delay is None else dq_name(DELIVERY_QUEUE)
+            options: dict[str, Any] = {"redis_message_id": str(uuid.uuid4())}
+            if delay is not None:
+                options["eta"] = self.now + delay
+            message: dramatiq.Message[None] = dramatiq.Message(
+                queue_name=queue_name,
+                actor_name=DELIVER_ACTOR,
+                args=(str(notification_id),),
+                kwargs={},
+                options=options,
+            )
+            # Dramatiq's JSON encoder writes the same fields; msgspec is several times faster.
+            self.queues.setdefault(queue_name, []).extend((options["redis_message_id"], _encode(message.asdict())))
+            self.messages.append((message, delay))
+
+    def script_args(self) -> list[list[Any]]:
+        return [[self.now, self.broker.broker_id, queue, *pairs] for queue, pairs in self.queues.items()]
+
+    def before(self) -> None:
+        for message, delay in self.messages:
+            self.broker.emit_before("enqueue", message, delay)
+
+    def after(self) -> None:
+        for message, delay in self.messages:
+            self.broker.emit_after("enqueue", message, delay)
+
+
+def _chunks(items: Sequence[tuple[uuid.UUID, int]]) -> list[Sequence[tuple[uuid.UUID, int]]]:
+    return [items[start : start + ENQUEUE_BATCH] for start in range(0, len(items), ENQUEUE_BATCH)]
 
 
 def enqueuer(broker: RedisBroker) -> Enqueue:
-    """An :data:`~notifier.services.Enqueue` that puts ``deliver_notification`` messages on ``broker``.
-
-    One message is enqueued as Dramatiq does it; several go through a Redis pipeline, in batches
-    of :data:`PIPELINE_BATCH`, running the broker's own enqueue script for each (one round trip
-    per batch instead of one per message).
-    """
+    """An :data:`~notifier.services.Enqueue` that puts ``deliver_notification`` messages on ``broker``:
+    one :data:`ENQUEUE_MANY` call (one round trip) per queue and :data:`ENQUEUE_BATCH` messages."""
+    script = broker.client.register_script(ENQUEUE_MANY)
 
     def enqueue(items: Sequence[tuple[uuid.UUID, int]]) -> None:
-        if len(items) == 1:
-            notification_id, delay_ms = items[0]
-            broker.enqueue(_message(notification_id), delay=delay_ms or None)
-            return
-        for start in range(0, len(items), PIPELINE_BATCH):
-            _enqueue_pipelined(broker, [(_message(i), d or None) for i, d in items[start : start + PIPELINE_BATCH]])
+        for chunk in _chunks(items):
+            batch = _Batch(broker, chunk)
+            batch.before()
+            for args in batch.script_args():
+                script(keys=[broker.namespace], args=args)
+            batch.after()
 
     return enqueue
 
 
-def _dispatch_args(
-    broker: RedisBroker, original: dramatiq.Message[None], delay: int | None, now: int
-) -> tuple[dramatiq.Message[None], list[Any]]:
-    """What ``RedisBroker.enqueue`` prepares for one message (its Redis id, its eta), and the
-    arguments of the broker's dispatch script that enqueues it."""
-    queue_name = original.queue_name
-    options: dict[str, Any] = {"redis_message_id": str(uuid.uuid4())}
-    if delay is not None:
-        queue_name = dq_name(queue_name)
-        options["eta"] = now + delay
-    msg = original.copy(queue_name=queue_name, options=options)
-    args = [
-        "enqueue",
-        now,
-        queue_name,
-        broker.broker_id,
-        broker.heartbeat_timeout,
-        broker.dead_message_ttl,
-        0,  # no maintenance from here; the consumers' own commands do it
-        broker._max_unpack_size(),
-        msg.options["redis_message_id"],
-        msg.encode(),
-    ]
-    return msg, args
-
-
-def _enqueue_pipelined(broker: RedisBroker, batch: list[tuple[dramatiq.Message[None], int | None]]) -> None:
-    """What ``RedisBroker.enqueue`` does per message (ids, eta, middleware hooks), in one pipeline."""
-    script = broker.scripts["dispatch"]
-    now = int(time.time() * 1000)
-    prepared = []
-    with broker.client.pipeline(transaction=False) as pipe:
-        for original, delay in batch:
-            msg, args = _dispatch_args(broker, original, delay, now)
-            broker.emit_before("enqueue", msg, delay)
-            script(keys=[broker.namespace], args=args, client=pipe)
-            prepared.append((msg, delay))
-        pipe.execute()
-    for msg, delay in prepared:
-        broker.emit_after("enqueue", msg, delay)
-
-
 class AsyncEnqueuer:
     """An :data:`~notifier.services.AsyncEnqueue` for the API: enqueues from the event loop through
-    ``redis.asyncio``, running the broker's own dispatch script, so no request waits for a thread
-    (and a batch is one pipelined round trip)."""
+    ``redis.asyncio`` (no request waits for a thread), like :func:`enqueuer`."""
 
     def __init__(self, broker: RedisBroker, url: str) -> None:
         self.broker = broker
         self.client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
-        self.script = self.client.register_script(broker.scripts["dispatch"].script)
+        self.script = self.client.register_script(ENQUEUE_MANY)
 
     async def __call__(self, items: Sequence[tuple[uuid.UUID, int]]) -> None:
-        now = int(time.time() * 1000)
-        keys = [self.broker.namespace]
-        for start in range(0, len(items), PIPELINE_BATCH):
-            batch = items[start : start + PIPELINE_BATCH]
-            delays = [d or None for _, d in batch]
-            prepared = [
-                _dispatch_args(self.broker, _message(i), d, now) for (i, _), d in zip(batch, delays, strict=True)
-            ]
-            for (msg, _), delay in zip(prepared, delays, strict=True):
-                self.broker.emit_before("enqueue", msg, delay)
-            if len(prepared) == 1:
-                await self.script(keys=keys, args=prepared[0][1])
-            else:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for _, args in prepared:
-                        await self.script(keys=keys, args=args, client=pipe)
-                    await pipe.execute()
-            for (msg, _), delay in zip(prepared, delays, strict=True):
-                self.broker.emit_after("enqueue", msg, delay)
+        for chunk in _chunks(items):
+            batch = _Batch(self.broker, chunk)
+            batch.before()
+            for args in batch.script_args():
+                await self.script(keys=[self.broker.namespace], args=args)
+            batch.after()
 
     async def aclose(self) -> None:
         await self.client.aclose()

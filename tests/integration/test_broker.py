@@ -1,0 +1,61 @@
+"""The enqueue script puts on Redis what ``RedisBroker.enqueue`` does: Dramatiq's own consumers
+take the messages, delayed ones from the delay queue with their ``eta``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import dq_name
+
+from notifier.settings import Settings
+from notifier.worker.broker import DELIVER_ACTOR, DELIVERY_QUEUE, ENQUEUE_BATCH, AsyncEnqueuer, enqueuer
+
+
+def consume(broker: RedisBroker, queue_name: str, count: int) -> list[dramatiq.Message[None]]:
+    consumer = broker.consume(queue_name, prefetch=count, timeout=100)
+    taken: list[dramatiq.Message[None]] = []
+    deadline = time.monotonic() + 10
+    while len(taken) < count and time.monotonic() < deadline:
+        message = next(consumer)
+        if message is not None:
+            taken.append(message._message)
+            consumer.ack(message)
+    consumer.close()
+    return taken
+
+
+def test_messages_enqueued_in_batches_are_consumed_as_dramatiq_enqueued_them(broker: RedisBroker) -> None:
+    due = [(uuid.uuid4(), 0) for _ in range(ENQUEUE_BATCH + 3)]  # more than one script call
+    delayed = [(uuid.uuid4(), 60_000), (uuid.uuid4(), 120_000)]
+    before = int(time.time() * 1000)
+    enqueuer(broker)([*due[:2], delayed[0], *due[2:], delayed[1]])
+
+    taken = consume(broker, DELIVERY_QUEUE, len(due))
+    assert [m.args for m in taken] == [(str(i),) for i, _ in due]  # in order
+    assert {m.actor_name for m in taken} == {DELIVER_ACTOR}
+    assert all(m.kwargs == {} and "eta" not in m.options and m.options["redis_message_id"] for m in taken)
+    assert len({m.message_id for m in taken}) == len(due)
+
+    waiting = consume(broker, dq_name(DELIVERY_QUEUE), 2)
+    assert [m.args for m in waiting] == [(str(i),) for i, _ in delayed]
+    for message, (_, delay) in zip(waiting, delayed, strict=True):
+        assert message.queue_name == dq_name(DELIVERY_QUEUE)
+        assert before + delay <= message.options["eta"] <= int(time.time() * 1000) + delay
+
+
+def test_the_api_enqueuer_writes_what_the_sync_one_does(broker: RedisBroker, settings: Settings) -> None:
+    ids = [uuid.uuid4() for _ in range(3)]
+
+    async def run() -> None:
+        enqueue = AsyncEnqueuer(broker, settings.redis.url)
+        await enqueue([(i, 0) for i in ids])
+        await enqueue.aclose()
+
+    asyncio.run(run())
+    taken = consume(broker, DELIVERY_QUEUE, 3)
+    assert [m.args for m in taken] == [(str(i),) for i in ids]
+    assert all(m.queue_name == DELIVERY_QUEUE and m.actor_name == DELIVER_ACTOR for m in taken)
