@@ -103,8 +103,13 @@ class DeliverySettings(Group, frozen=True, kw_only=True):
         float, _doc("Bound on one provider call (connect, send, answer), in seconds."), msgspec.Meta(gt=0)
     ] = 10.0
     outbox_interval: Annotated[
-        float, _doc("Seconds between outbox relay passes, which enqueue what Redis missed."), msgspec.Meta(gt=0)
-    ] = 1.0
+        float,
+        _doc(
+            "Longest wait, in seconds, between outbox relay passes (which enqueue what Redis missed and what"
+            " falls due); the relay also wakes when the next scheduled notification falls due."
+        ),
+        msgspec.Meta(gt=0),
+    ] = 0.25
     requeue_after: Annotated[
         float,
         _doc("A notification still waiting this many seconds after it was due and enqueued is enqueued again."),
@@ -120,9 +125,12 @@ class DeliverySettings(Group, frozen=True, kw_only=True):
     ] = 60.0
     schedule_horizon: Annotated[
         float,
-        _doc("Notifications due within this many seconds wait in Redis; later ones wait in PostgreSQL."),
-        msgspec.Meta(gt=0),
-    ] = 60.0
+        _doc(
+            "Notifications due within this many seconds wait in Redis as Dramatiq delayed messages; later ones"
+            " wait in PostgreSQL. 0: each waits in PostgreSQL until it is due, then the relay enqueues it."
+        ),
+        msgspec.Meta(ge=0),
+    ] = 0.0
 
 
 class SchedulerSettings(Group, frozen=True, kw_only=True):

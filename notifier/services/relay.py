@@ -1,7 +1,8 @@
 """The outbox relay (sync): puts on Redis what PostgreSQL holds and Redis does not.
 
-It runs in ``notifier scheduler``, every ``NOTIFIER_DELIVERY_OUTBOX_INTERVAL``: it promotes
-far-future notifications as they come within the horizon, enqueues what the API could not
+It runs in ``notifier scheduler``, when the next scheduled notification falls due and at least
+every ``NOTIFIER_DELIVERY_OUTBOX_INTERVAL``: it promotes scheduled notifications as they come
+within the horizon (by default, as they fall due), enqueues what the API could not
 (Redis was away) and what rules fired, and re-enqueues what Redis lost or a dead worker held.
 """
 
@@ -22,6 +23,9 @@ RELAY_GRACE = timedelta(seconds=2)
 """How long a fresh row is left to the API's own enqueue before the relay takes it over."""
 
 RELAY_BATCH = 500
+
+MIN_WAIT = 0.005
+"""The shortest pause between passes (the database's clock and this one may differ a little)."""
 
 
 class Relay:
@@ -54,11 +58,18 @@ class Relay:
         return count
 
     def run(self, stop: threading.Event) -> None:
-        """Relay every ``NOTIFIER_DELIVERY_OUTBOX_INTERVAL`` until ``stop`` is set."""
+        """Relay until ``stop`` is set: again as soon as the next scheduled notification falls due,
+        and at least every ``NOTIFIER_DELIVERY_OUTBOX_INTERVAL``."""
+        interval = self.settings.delivery.outbox_interval
+        horizon = timedelta(seconds=self.settings.delivery.schedule_horizon)
         while not stop.is_set():
+            wait = interval
             try:
                 while self.relay_once() == RELAY_BATCH and not stop.is_set():
                     pass
+                upcoming = outbox.next_due(self.pool, horizon=horizon)
+                if upcoming is not None:
+                    wait = min(interval, max(upcoming, MIN_WAIT))
             except Exception as exc:
                 logger.warning("outbox relay pass failed; will try again", extra={"error": repr(exc)})
-            stop.wait(self.settings.delivery.outbox_interval)
+            stop.wait(wait)

@@ -1,11 +1,12 @@
 """The outbox: notifications PostgreSQL holds that Redis does not (or may have lost).
 
-A notification is written with ``enqueued_at`` null; the API enqueues it right after its commit.
-The relay takes, under ``FOR UPDATE SKIP LOCKED`` so that any number of relays share the work:
-rows due within the horizon that were never enqueued (far-future notifications, those whose
-enqueue failed, those a rule fired); rows enqueued so long ago that the message must have been
-lost (Redis restarted without persistence); and rows left ``sending`` past their lease (the
-worker died mid-delivery).
+A notification is written with ``enqueued_at`` null; the API enqueues it right after its commit
+when it is due within the horizon. The relay takes, under ``FOR UPDATE SKIP LOCKED`` so that any
+number of relays share the work: rows due within the horizon that were never enqueued (scheduled
+notifications as they fall due, those whose enqueue failed, those a rule fired); rows enqueued so
+long ago that the message must have been lost (Redis restarted without persistence, a retry lost
+with a worker's delay queue); and rows left ``sending`` past their lease (the worker died
+mid-delivery). :func:`next_due` tells the relay when to wake for the next scheduled one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ SELECT id, send_at FROM notifications
 WHERE status IN ('scheduled', 'queued', 'retrying')
   AND COALESCE(send_at, created_at) <= %(horizon)s
   AND (
-    (enqueued_at IS NULL AND created_at <= %(fresh)s)
+    -- Rows the API enqueued itself (those due within the horizon when accepted) are left to it
+    -- for a grace period; it marks them enqueued just after.
+    (enqueued_at IS NULL AND (created_at <= %(fresh)s OR COALESCE(send_at, created_at) > created_at + %(ahead)s))
     OR (enqueued_at <= %(requeue)s - CASE WHEN status = 'retrying' THEN %(retry_allowance)s ELSE interval '0' END
         AND COALESCE(send_at, created_at) <= %(requeue)s)
   )
@@ -64,6 +67,7 @@ def relay(
     """
     params = {
         "horizon": now + horizon,
+        "ahead": horizon,
         "fresh": now - grace,
         "requeue": now - requeue_after,
         "retry_allowance": retry_allowance,
@@ -77,3 +81,21 @@ def relay(
             enqueue(pending)
             conn.execute("UPDATE notifications SET enqueued_at = %s WHERE id = ANY(%s)", (now, [p.id for p in pending]))
     return len(pending)
+
+
+_NEXT_DUE = """
+SELECT EXTRACT(EPOCH FROM COALESCE(send_at, created_at) - %(horizon)s - now())::float AS wait
+FROM notifications
+WHERE status IN ('scheduled', 'queued', 'retrying')
+  AND COALESCE(send_at, created_at) > now() + %(horizon)s
+ORDER BY COALESCE(send_at, created_at)
+LIMIT 1
+"""
+
+
+def next_due(pool: Pool, *, horizon: timedelta) -> float | None:
+    """Seconds (by the database's clock) until the next notification comes within the horizon;
+    ``None`` when none is waiting."""
+    with pool.connection() as conn:
+        row = conn.execute(_NEXT_DUE, {"horizon": horizon}).fetchone()
+    return None if row is None else float(row["wait"])

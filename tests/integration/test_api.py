@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import msgspec
 import psycopg
 import pytest
 import redis
@@ -61,11 +62,22 @@ def test_notify_stores_then_enqueues(client: Client, redis_url: str, redis_names
     assert shown["delivery_attempts"] == []
 
 
-def test_send_at_ahead_is_scheduled_and_delayed(client: Client, redis_url: str, redis_namespace: str) -> None:
+def test_send_at_ahead_is_scheduled_and_waits_in_postgres(client: Client, redis_url: str, redis_namespace: str) -> None:
     soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
-    later = (datetime.now(UTC) + timedelta(days=30)).isoformat()
     near = client.post("/notify", json={**LOG, "send_at": soon}).json()
-    far = client.post("/notify", json={**LOG, "send_at": later}).json()
+    assert near["status"] == "scheduled"
+    assert queued_ids(redis_url, redis_namespace) == []  # the relay enqueues it when it falls due
+
+
+def test_within_a_schedule_horizon_send_at_ahead_is_a_delayed_message(
+    settings: Settings, redis_url: str, redis_namespace: str
+) -> None:
+    delivery = msgspec.structs.replace(settings.delivery, schedule_horizon=60.0)
+    with TestClient(make_app(msgspec.structs.replace(settings, delivery=delivery))) as client:
+        soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+        later = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+        near = client.post("/notify", json={**LOG, "send_at": soon}).json()
+        far = client.post("/notify", json={**LOG, "send_at": later}).json()
     assert near["status"] == far["status"] == "scheduled"
     # Due within the horizon: a delayed message in Redis. Far ahead: it waits in PostgreSQL only.
     assert queued_ids(redis_url, redis_namespace) == [near["id"]]

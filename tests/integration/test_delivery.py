@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 from psycopg_pool import ConnectionPool
 
@@ -19,6 +21,7 @@ from notifier.services.notifications import Notifications
 from notifier.services.relay import Relay
 from notifier.settings import Settings
 from notifier.store import delivery as delivery_store
+from notifier.store import outbox
 
 
 def accept(
@@ -269,11 +272,52 @@ def test_a_far_future_notification_waits_in_postgres_and_can_be_cancelled(
     assert enqueued == []  # not in Redis
     with pool.connection() as conn:
         conn.execute("UPDATE notifications SET created_at = created_at - interval '1 minute' WHERE id = %s", (n.id,))
-    assert relay_once(pool, settings, enqueued.extend) == 0  # nor promoted: it is not due within the horizon
+    assert relay_once(pool, settings, enqueued.extend) == 0  # nor promoted: it is not due
     with pool.connection() as conn:
         conn.execute("UPDATE notifications SET status = 'cancelled' WHERE id = %s", (n.id,))
-        conn.execute("UPDATE notifications SET send_at = now() + interval '1 second' WHERE id = %s", (n.id,))
+        conn.execute("UPDATE notifications SET send_at = now() - interval '1 second' WHERE id = %s", (n.id,))
     assert relay_once(pool, settings, enqueued.extend) == 0  # cancelled: never promoted
+
+
+def test_a_scheduled_notification_is_enqueued_by_the_relay_as_it_falls_due(
+    settings: Settings, pool: ConnectionPool
+) -> None:
+    enqueued: list[tuple[uuid.UUID, int]] = []
+    soon = NewNotification(
+        channel=Channel.LOG, recipient="ops", body="x", send_at=datetime.now(UTC) + timedelta(hours=1)
+    )
+    n = accept(settings, soon, enqueue=enqueued.extend)
+    assert enqueued == []  # the API leaves it to the relay
+    assert relay_once(pool, settings, enqueued.extend) == 0
+    upcoming = outbox.next_due(pool, horizon=timedelta(0))
+    assert upcoming is not None
+    assert 3500 < upcoming <= 3600
+    with pool.connection() as conn:  # it falls due (seconds after it was accepted: no grace to wait out)
+        conn.execute("UPDATE notifications SET send_at = now() WHERE id = %s", (n.id,))
+    assert relay_once(pool, settings, enqueued.extend) == 1
+    assert enqueued == [(n.id, 0)]  # straight onto the delivery queue, no Dramatiq delay
+    assert outbox.next_due(pool, horizon=timedelta(0)) is None
+
+
+def test_the_relay_wakes_when_the_next_notification_falls_due(settings: Settings, pool: ConnectionPool) -> None:
+    slow = msgspec.structs.replace(settings, delivery=msgspec.structs.replace(settings.delivery, outbox_interval=30.0))
+    due_at = datetime.now(UTC) + timedelta(seconds=1)
+    n = accept(slow, NewNotification(channel=Channel.LOG, recipient="ops", body="x", send_at=due_at))
+    enqueued: dict[uuid.UUID, datetime] = {}
+    relay = Relay(slow, pool, lambda items: enqueued.update((i, datetime.now(UTC)) for i, _ in items))
+    stop = threading.Event()
+    runner = threading.Thread(target=relay.run, args=(stop,))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while n.id not in enqueued and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        runner.join(timeout=10)
+    assert n.id in enqueued, "the relay slept through the due time"
+    lateness = (enqueued[n.id] - due_at).total_seconds()
+    assert 0 <= lateness < 0.5, lateness  # not the 30 s interval
 
 
 def test_a_notification_due_while_everything_was_down_goes_out_when_back(
