@@ -7,6 +7,7 @@ actor to the global broker when it is declared.
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ settings = settings_module.load()
 configure_logging(settings.log.level)
 broker = build(settings)
 dramatiq.set_broker(broker)
+logger = logging.getLogger("notifier.worker")
 
 _lock = threading.Lock()
 _pool: delivery_store.Pool | None = None
@@ -56,6 +58,25 @@ def dispatcher() -> Dispatcher:
         if _dispatcher is None:
             _dispatcher = Dispatcher(settings, shared, channels.build(settings))
         return _dispatcher
+
+
+class OpenOnBoot(dramatiq.Middleware):
+    """Opens the database pool and the channels as a worker process boots (in the background, so
+    that a database still starting delays nothing), not on the first delivery, which would wait
+    for them: about 0.4 s after every worker start."""
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        threading.Thread(target=self._open, name="open-on-boot", daemon=True).start()
+
+    @staticmethod
+    def _open() -> None:
+        try:
+            dispatcher()
+        except Exception as exc:  # the first delivery opens them instead, and reports why it cannot
+            logger.warning("could not open the database pool at boot", extra={"error": repr(exc)})
+
+
+broker.add_middleware(OpenOnBoot())
 
 
 @dramatiq.actor(actor_name=DELIVER_ACTOR, queue_name=DELIVERY_QUEUE)
