@@ -105,11 +105,11 @@ class DeliverySettings(Group, frozen=True, kw_only=True):
     outbox_interval: Annotated[
         float,
         _doc(
-            "Longest wait, in seconds, between outbox relay passes (which enqueue what Redis missed and what"
-            " falls due); the relay also wakes when the next scheduled notification falls due."
+            "Seconds between the outbox relay's full passes, which enqueue what Redis missed or lost; scheduled"
+            " notifications are enqueued as they fall due, whatever this is."
         ),
         msgspec.Meta(gt=0),
-    ] = 0.25
+    ] = 1.0
     requeue_after: Annotated[
         float,
         _doc("A notification still waiting this many seconds after it was due and enqueued is enqueued again."),

@@ -1,8 +1,8 @@
 """The outbox relay (sync): puts on Redis what PostgreSQL holds and Redis does not.
 
-It runs in ``notifier scheduler``, when the next scheduled notification falls due and at least
-every ``NOTIFIER_DELIVERY_OUTBOX_INTERVAL``: it promotes scheduled notifications as they come
-within the horizon (by default, as they fall due), enqueues what the API could not
+It runs in ``notifier scheduler``. Whenever the next scheduled notification comes within the
+horizon (by default: falls due) it enqueues the scheduled ones; every
+``NOTIFIER_DELIVERY_OUTBOX_INTERVAL`` it also enqueues what the API could not
 (Redis was away) and what rules fired, and re-enqueues what Redis lost or a dead worker held.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timedelta
 
 from notifier.services import Enqueue, delay_ms, now
@@ -35,41 +36,59 @@ class Relay:
         self._enqueue = enqueue
 
     def relay_once(self, current: datetime | None = None) -> int:
-        """One pass; returns how many notifications it enqueued."""
+        """One full pass (everything the outbox holds for Redis); how many it enqueued."""
+        return self._pass(outbox.relay, current)
+
+    def relay_scheduled(self, current: datetime | None = None) -> int:
+        """One pass over scheduled notifications only (those come within the horizon)."""
+        return self._pass(outbox.relay_scheduled, current)
+
+    def _pass(self, take: outbox.Take, current: datetime | None) -> int:
         current = current or now()
         delivery = self.settings.delivery
 
         def enqueue(pending: list[outbox.Pending]) -> None:
             self._enqueue([(p.id, delay_ms(p.send_at, current)) for p in pending])
 
-        count = outbox.relay(
+        count = take(
             self.pool,
             enqueue,
-            now=current,
-            horizon=timedelta(seconds=delivery.schedule_horizon),
-            grace=RELAY_GRACE,
-            requeue_after=timedelta(seconds=delivery.requeue_after),
-            retry_allowance=timedelta(seconds=self.settings.retry.max_backoff),
-            lease=timedelta(seconds=delivery.lease),
-            limit=RELAY_BATCH,
+            outbox.Window(
+                now=current,
+                horizon=timedelta(seconds=delivery.schedule_horizon),
+                grace=RELAY_GRACE,
+                requeue_after=timedelta(seconds=delivery.requeue_after),
+                retry_allowance=timedelta(seconds=self.settings.retry.max_backoff),
+                lease=timedelta(seconds=delivery.lease),
+                limit=RELAY_BATCH,
+            ),
         )
         if count:
             logger.info("outbox relay enqueued notifications", extra={"count": count})
         return count
 
     def run(self, stop: threading.Event) -> None:
-        """Relay until ``stop`` is set: again as soon as the next scheduled notification falls due,
-        and at least every ``NOTIFIER_DELIVERY_OUTBOX_INTERVAL``."""
+        """Relay until ``stop`` is set: a full pass every ``NOTIFIER_DELIVERY_OUTBOX_INTERVAL``, and
+        a pass over scheduled notifications whenever the next one falls due (both cheap queries
+        whatever the backlog, on their own indexes)."""
         interval = self.settings.delivery.outbox_interval
         horizon = timedelta(seconds=self.settings.delivery.schedule_horizon)
+        next_full = time.monotonic()
         while not stop.is_set():
             wait = interval
             try:
-                while self.relay_once() == RELAY_BATCH and not stop.is_set():
+                if time.monotonic() >= next_full:
+                    next_full = time.monotonic() + interval
+                    take = self.relay_once
+                else:
+                    take = self.relay_scheduled
+                while take() == RELAY_BATCH and not stop.is_set():
                     pass
+                wait = next_full - time.monotonic()
                 upcoming = outbox.next_due(self.pool, horizon=horizon)
                 if upcoming is not None:
-                    wait = min(interval, max(upcoming, MIN_WAIT))
+                    wait = min(wait, upcoming)
+                wait = max(wait, MIN_WAIT)
             except Exception as exc:
                 logger.warning("outbox relay pass failed; will try again", extra={"error": repr(exc)})
             stop.wait(wait)

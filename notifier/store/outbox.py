@@ -43,59 +43,88 @@ FOR UPDATE SKIP LOCKED
 """
 
 
+_SCHEDULED = """
+SELECT id, send_at FROM notifications
+WHERE status = 'scheduled' AND send_at <= %(horizon)s AND enqueued_at IS NULL
+  AND (created_at <= %(fresh)s OR send_at > created_at + %(ahead)s)
+ORDER BY send_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+
+
 @dataclass(frozen=True)
 class Pending:
     id: uuid.UUID
     send_at: datetime | None
 
 
-def relay(
-    pool: Pool,
-    enqueue: Callable[[list[Pending]], None],
-    *,
-    now: datetime,
-    horizon: timedelta,
-    grace: timedelta,
-    requeue_after: timedelta,
-    retry_allowance: timedelta,
-    lease: timedelta,
-    limit: int,
-) -> int:
+@dataclass(frozen=True)
+class Window:
+    """What a pass takes, as of ``now``."""
+
+    now: datetime
+    horizon: timedelta
+    grace: timedelta
+    requeue_after: timedelta
+    retry_allowance: timedelta
+    lease: timedelta
+    limit: int
+
+    def params(self) -> dict[str, object]:
+        return {
+            "horizon": self.now + self.horizon,
+            "ahead": self.horizon,
+            "fresh": self.now - self.grace,
+            "requeue": self.now - self.requeue_after,
+            "retry_allowance": self.retry_allowance,
+            "lapsed": self.now - self.lease,
+            "limit": self.limit,
+        }
+
+
+Take = Callable[[Pool, Callable[[list[Pending]], None], Window], int]
+
+
+def relay(pool: Pool, enqueue: Callable[[list[Pending]], None], window: Window) -> int:
+    """Everything due, never enqueued, lost or lapsed: see the module's docstring."""
+    return _take(pool, enqueue, window, (_DUE, _LAPSED))
+
+
+def relay_scheduled(pool: Pool, enqueue: Callable[[list[Pending]], None], window: Window) -> int:
+    """Scheduled notifications come within the horizon: an index range scan, whatever the backlog."""
+    return _take(pool, enqueue, window, (_SCHEDULED,))
+
+
+def _take(pool: Pool, enqueue: Callable[[list[Pending]], None], window: Window, queries: tuple[str, ...]) -> int:
     """In one transaction: lock what must be enqueued, ``enqueue`` it, mark it enqueued.
 
     If ``enqueue`` raises, the transaction rolls back and the rows wait for the next pass.
     """
-    params = {
-        "horizon": now + horizon,
-        "ahead": horizon,
-        "fresh": now - grace,
-        "requeue": now - requeue_after,
-        "retry_allowance": retry_allowance,
-        "lapsed": now - lease,
-        "limit": limit,
-    }
+    params = window.params()
     with pool.connection() as conn, conn.transaction():
-        found = conn.execute(_DUE, params).fetchall() + conn.execute(_LAPSED, params).fetchall()
+        found = [row for query in queries for row in conn.execute(query, params).fetchall()]
         pending = [Pending(row["id"], row["send_at"]) for row in found]
         if pending:
             enqueue(pending)
-            conn.execute("UPDATE notifications SET enqueued_at = %s WHERE id = ANY(%s)", (now, [p.id for p in pending]))
+            conn.execute(
+                "UPDATE notifications SET enqueued_at = %s WHERE id = ANY(%s)", (window.now, [p.id for p in pending])
+            )
     return len(pending)
 
 
 _NEXT_DUE = """
-SELECT EXTRACT(EPOCH FROM COALESCE(send_at, created_at) - %(horizon)s - now())::float AS wait
+SELECT EXTRACT(EPOCH FROM send_at - %(horizon)s - now())::float AS wait
 FROM notifications
-WHERE status IN ('scheduled', 'queued', 'retrying')
-  AND COALESCE(send_at, created_at) > now() + %(horizon)s
-ORDER BY COALESCE(send_at, created_at)
+WHERE status = 'scheduled' AND send_at > now() + %(horizon)s
+ORDER BY send_at
 LIMIT 1
 """
 
 
 def next_due(pool: Pool, *, horizon: timedelta) -> float | None:
-    """Seconds (by the database's clock) until the next notification comes within the horizon;
-    ``None`` when none is waiting."""
+    """Seconds (by the database's clock) until the next scheduled notification comes within the
+    horizon; ``None`` when none is waiting."""
     with pool.connection() as conn:
         row = conn.execute(_NEXT_DUE, {"horizon": horizon}).fetchone()
     return None if row is None else float(row["wait"])
