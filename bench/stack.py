@@ -60,7 +60,8 @@ class Process:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("ab")
+        self._log = self.log_path.open("ab")  # a restarted process appends to its predecessor's log
+        self._offset = self._log.tell()
         self.popen = subprocess.Popen(
             argv,
             env=env,
@@ -82,13 +83,16 @@ class Process:
 
     def tail(self, lines: int = 30) -> str:
         try:
-            text = self.log_path.read_text(errors="replace")
+            text = self.log_text()
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """What this process wrote (not its predecessors under the same name)."""
+        with self.log_path.open("rb") as log:
+            log.seek(self._offset)
+            return log.read().decode(errors="replace")
 
     def rss(self) -> int:
         """Resident memory of the process and all its descendants, in bytes."""
