@@ -12,7 +12,7 @@ from notifier.channels.base import Channel as ChannelImpl
 from notifier.domain import Channel, Notification, Status
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.settings import DeliveryPolicy, Settings
-from notifier.store import delivery as delivery_store
+from notifier.store.delivery import Deliveries, Outcome, Pool
 
 logger = logging.getLogger("notifier.services")
 
@@ -58,18 +58,19 @@ class Dispatcher:
     ``Delivered("failed")``. Retry limits and timeouts are the channel's (``Settings.policy``).
     """
 
-    def __init__(self, settings: Settings, pool: delivery_store.Pool, channels: dict[Channel, ChannelImpl]) -> None:
+    def __init__(self, settings: Settings, pool: Pool, channels: dict[Channel, ChannelImpl]) -> None:
         self.settings = settings
-        self.pool = pool
+        self.deliveries = Deliveries(pool, lease=settings.delivery.lease)
         self.channels = channels
+        self.policies = {c: settings.policy(c.value) for c in Channel}
 
     def deliver(self, notification_id: uuid.UUID) -> Delivered | NotDue:
-        notification = delivery_store.claim(self.pool, notification_id, lease=self.settings.delivery.lease)
+        notification = self.deliveries.claim(notification_id)
         if notification is None:
             return self._unclaimed(notification_id)
         number = notification.attempts
         attempt = number - notification.attempt_base
-        policy = self.settings.policy(notification.channel.value)
+        policy = self.policies[notification.channel]
         log = {"notification_id": str(notification.id), "channel": notification.channel, "attempt": number}
         channel = self.channels.get(notification.channel)
         try:
@@ -92,19 +93,14 @@ class Dispatcher:
                 return self._fail(notification, number, outcome, reason, log)
             self._retry(notification, number, outcome, reason, log)
             raise
-        delivery_store.finish(
-            self.pool,
-            notification.id,
-            number=number,
-            status=Status.SENT,
-            outcome="sent",
-            provider_message_id=provider_message_id,
+        self.deliveries.finish(
+            Outcome(notification.id, number, Status.SENT, "sent", provider_message_id=provider_message_id)
         )
         logger.debug("notification sent", extra={**log, "provider_message_id": provider_message_id})
         return Delivered("sent", notification)
 
     def _unclaimed(self, notification_id: uuid.UUID) -> Delivered | NotDue:
-        state = delivery_store.status_of(self.pool, notification_id)
+        state = self.deliveries.status_of(notification_id)
         if state is None:
             logger.warning(
                 "message for an unknown notification dropped", extra={"notification_id": str(notification_id)}
@@ -122,16 +118,12 @@ class Dispatcher:
     def _retry(
         self, notification: Notification, number: int, outcome: str, reason: str, log: dict[str, object]
     ) -> None:
-        delivery_store.finish(
-            self.pool, notification.id, number=number, status=Status.RETRYING, outcome=outcome, error=reason
-        )
+        self.deliveries.finish(Outcome(notification.id, number, Status.RETRYING, outcome, reason))
         logger.warning("delivery attempt failed; will retry", extra={**log, "outcome": outcome, "error": reason})
 
     def _fail(
         self, notification: Notification, number: int, outcome: str, reason: str, log: dict[str, object]
     ) -> Delivered:
-        delivery_store.finish(
-            self.pool, notification.id, number=number, status=Status.FAILED, outcome=outcome, error=reason
-        )
+        self.deliveries.finish(Outcome(notification.id, number, Status.FAILED, outcome, reason))
         logger.error("notification failed", extra={**log, "outcome": outcome, "error": reason})
         return Delivered("failed", notification, reason)

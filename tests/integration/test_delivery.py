@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 import uuid
@@ -124,6 +125,40 @@ def test_concurrent_deliveries_of_one_notification_send_once(
     assert len(memory.sent) == 1
 
 
+def test_many_threads_deliver_many_notifications_each_once(
+    settings: Settings, dispatcher: Dispatcher, pool: ConnectionPool, memory: MemoryChannel
+) -> None:
+    """Claims and outcomes are written in groups across threads; each message still gets its own answer."""
+    ids = [accept(settings, LOG).id for _ in range(60)]
+    messages = [*ids, *ids]  # every message delivered twice, as after a lost acknowledgement
+    random.Random(5).shuffle(messages)
+    results: dict[uuid.UUID, list[Delivered | NotDue]] = {i: [] for i in ids}
+    lock = threading.Lock()
+
+    def work(share: list[uuid.UUID]) -> None:
+        for notification_id in share:
+            result = dispatcher.deliver(notification_id)
+            with lock:
+                results[notification_id].append(result)
+
+    threads = [threading.Thread(target=work, args=(messages[k::16],)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert all(
+        sorted(r.kind for r in found if isinstance(r, Delivered)) == ["sent", "skipped"] for found in results.values()
+    )
+    assert sorted(m.id for m in memory.sent) == sorted(ids)
+    with pool.connection() as conn:
+        found = conn.execute(
+            "SELECT n.status, a.number, a.outcome FROM notifications n"
+            " JOIN delivery_attempts a ON a.notification = n.id WHERE n.id = ANY(%s)",
+            (ids,),
+        ).fetchall()
+    assert [(r["status"], r["number"], r["outcome"]) for r in found] == [("sent", 1, "sent")] * len(ids)
+
+
 def test_transient_failure_retries_then_sends(
     settings: Settings, dispatcher: Dispatcher, pool: ConnectionPool, memory: MemoryChannel
 ) -> None:
@@ -229,7 +264,7 @@ def test_a_lapsed_lease_is_delivered_again(
     settings: Settings, dispatcher: Dispatcher, pool: ConnectionPool, memory: MemoryChannel
 ) -> None:
     n = accept(settings, LOG)
-    assert delivery_store.claim(pool, n.id, lease=settings.delivery.lease) is not None  # a worker that then died
+    assert n.id in delivery_store.claim_many(pool, [n.id], lease=settings.delivery.lease)  # a worker that then died
     assert dispatcher.deliver(n.id) == Delivered("skipped")  # the lease still holds
 
     with pool.connection() as conn:
