@@ -6,7 +6,7 @@ The phases run in this order, each against the processes it needs:
 2. ``notifier api`` alone: ``POST /notify`` throughput and its p99 at 1,000 req/s, and the batch
    endpoint's notifications a second;
 3. the bare drain ceiling (``bench/ceilings/bare_drain.py``, 2 processes x 8 threads);
-4. the delivery drain: N accepted with no worker running, then ``notifier worker`` (2 x 8) started;
+4. the delivery drain: N accepted with no worker running, then ``notifier worker`` (2 x 32) started;
 5. end to end at 500/s, with ``notifier scheduler`` running too;
 6. 10,000 notifications due at the same instant;
 7. memory of the api and the workers across a long run;
@@ -57,7 +57,11 @@ from bench.stack import (
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-WORKER_PROCESSES, WORKER_THREADS = 2, 8
+WORKER_PROCESSES = 2
+WORKER_THREADS = 32
+"""``notifier worker``'s default threads a process."""
+BARE_DRAIN_THREADS = 8
+"""The issue's bare drain ceiling: 2 processes x 8 threads."""
 MIB = 2**20
 
 
@@ -402,7 +406,7 @@ class Suite:
         if enqueued.returncode != 0:
             raise RuntimeError(f"bare drain enqueue failed:\n{enqueued.stderr[-3000:]}")
         argv = [sys.executable, "-m", "dramatiq", "bench.ceilings.bare_drain"]
-        argv += ["--processes", str(WORKER_PROCESSES), "--threads", str(WORKER_THREADS)]
+        argv += ["--processes", str(WORKER_PROCESSES), "--threads", str(BARE_DRAIN_THREADS)]
         started = time.monotonic()
         self.cpu.begin()
         workers = self.processes.start("bare-drain", argv, env)

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "worker", help="deliver notifications", description="Run Dramatiq worker processes that deliver notifications."
     )
     worker.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
-    worker.add_argument("--threads", type=int, default=8, help="threads per process (default: 8)")
+    worker.add_argument("--threads", type=int, default=32, help="threads per process (default: 32)")
     worker.set_defaults(run=run_worker)
 
     scheduler = commands.add_parser(
