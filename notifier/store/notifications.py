@@ -154,9 +154,22 @@ async def _fetch(query: str, *args: Any) -> list[Any]:
         return list(await connection.fetch(query, *args))
 
 
+# Rows a worker has taken already need no mark, and rows a worker holds locked right now (its
+# claims and outcomes lock several at once) are skipped rather than waited for: a wait could close
+# a deadlock with those locks. A row left unmarked costs at most one more message from the relay.
+_MARK_ENQUEUED = """
+UPDATE notifications SET enqueued_at = $1
+WHERE id IN (
+    SELECT id FROM notifications
+    WHERE id = ANY($2::uuid[]) AND status IN ('scheduled', 'queued') AND enqueued_at IS NULL
+    FOR NO KEY UPDATE SKIP LOCKED
+)
+"""
+
+
 async def mark_enqueued(ids: Sequence[uuid.UUID], *, now: datetime) -> None:
     if ids:
-        await _fetch("UPDATE notifications SET enqueued_at = $1 WHERE id = ANY($2::uuid[])", now, list(ids))
+        await _fetch(_MARK_ENQUEUED, now, list(ids))
 
 
 async def ping() -> None:

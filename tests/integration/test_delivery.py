@@ -22,6 +22,7 @@ from notifier.services.notifications import Notifications
 from notifier.services.relay import Relay
 from notifier.settings import Settings
 from notifier.store import delivery as delivery_store
+from notifier.store import notifications as store
 from notifier.store import outbox
 
 
@@ -157,6 +158,28 @@ def test_many_threads_deliver_many_notifications_each_once(
             (ids,),
         ).fetchall()
     assert [(r["status"], r["number"], r["outcome"]) for r in found] == [("sent", 1, "sent")] * len(ids)
+
+
+def test_marking_enqueued_skips_the_rows_a_worker_holds(settings: Settings, pool: ConnectionPool) -> None:
+    """The API marks in bulk; waiting on a row a worker's group holds could close a deadlock."""
+    held, free, sent = (accept(settings, LOG).id for _ in range(3))
+    with pool.connection() as conn:
+        conn.execute("UPDATE notifications SET enqueued_at = NULL")
+        conn.execute("UPDATE notifications SET status = 'sent' WHERE id = %s", (sent,))
+
+    async def mark() -> None:
+        await store.connect(settings.database.url, pool_size=2)
+        try:
+            await asyncio.wait_for(store.mark_enqueued([held, free, sent], now=datetime.now(UTC)), timeout=10)
+        finally:
+            await store.disconnect()
+
+    with pool.connection() as worker, worker.transaction():
+        worker.execute("SELECT id FROM notifications WHERE id = %s FOR NO KEY UPDATE", (held,))
+        asyncio.run(mark())
+    assert row(pool, free)["enqueued_at"] is not None
+    assert row(pool, held)["enqueued_at"] is None  # the relay enqueues it again if it is still waiting
+    assert row(pool, sent)["enqueued_at"] is None  # taken by a worker already: nothing to mark
 
 
 def test_transient_failure_retries_then_sends(
