@@ -9,8 +9,9 @@ from typing import Any
 
 import msgspec
 
-# The attributes every LogRecord has; anything else on a record came from a call's ``extra``.
-_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# The attributes every LogRecord has; anything else on a record came from a call's ``extra``
+# (but uvicorn's ``color_message``, its message again with terminal colours).
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 _encode = msgspec.json.Encoder(enc_hook=str).encode
 
