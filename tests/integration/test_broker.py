@@ -59,3 +59,44 @@ def test_the_api_enqueuer_writes_what_the_sync_one_does(broker: RedisBroker, set
     taken = consume(broker, DELIVERY_QUEUE, 3)
     assert [m.args for m in taken] == [(str(i),) for i in ids]
     assert all(m.queue_name == DELIVERY_QUEUE and m.actor_name == DELIVER_ACTOR for m in taken)
+
+
+def unfinished(broker: RedisBroker, queue_name: str) -> tuple[int, int]:
+    """Messages of ``queue_name`` Redis still holds (their data), and those this worker has not acknowledged."""
+    namespace = broker.namespace
+    return (
+        broker.client.hlen(f"{namespace}:{queue_name}.msgs"),
+        broker.client.scard(f"{namespace}:__acks__.{broker.broker_id}.{queue_name}"),
+    )
+
+
+def test_acknowledgements_go_out_together_before_the_next_fetch(broker: RedisBroker) -> None:
+    ids = [(uuid.uuid4(), 0) for _ in range(5)]
+    enqueuer(broker)(ids)
+    consumer = broker.consume(DELIVERY_QUEUE, prefetch=10, timeout=100)
+    taken = []
+    while len(taken) < 5:
+        message = next(consumer)
+        if message is not None:
+            taken.append(message)
+    for message in taken:
+        consumer.ack(message)
+    assert unfinished(broker, DELIVERY_QUEUE) == (5, 5)  # held, not yet sent
+    assert next(consumer) is None  # the queue is empty: the acknowledgements go out before the fetch
+    assert unfinished(broker, DELIVERY_QUEUE) == (0, 0)
+    consumer.close()
+
+
+def test_acknowledgements_still_held_go_out_when_the_consumer_closes(broker: RedisBroker) -> None:
+    enqueuer(broker)([(uuid.uuid4(), 0) for _ in range(3)])
+    consumer = broker.consume(DELIVERY_QUEUE, prefetch=10, timeout=100)
+    taken = []
+    while len(taken) < 3:
+        message = next(consumer)
+        if message is not None:
+            taken.append(message)
+    for message in taken:
+        consumer.ack(message)
+    assert unfinished(broker, DELIVERY_QUEUE) == (3, 3)
+    consumer.close()
+    assert unfinished(broker, DELIVERY_QUEUE) == (0, 0)
