@@ -42,7 +42,8 @@ GROUP_SIZE = 64
 # The statements take their lists as one text parameter each (an array literal of ids, a JSON
 # array of outcomes): psycopg adapts a Python list item by item, which cost more CPU than the
 # rest of a delivery. `id = ANY(...)` keeps the primary key the way in; its index scan takes the
-# ids, and so the row locks, in sorted order: two groups that share ids cannot deadlock.
+# ids, and so the row locks, in sorted order: two claim groups that share ids cannot deadlock
+# (bulk writers elsewhere must not wait on these locks: see ``notifications.mark_enqueued``).
 _CLAIM = f"""
 WITH claimed AS (
     UPDATE notifications

@@ -8,6 +8,7 @@ import time
 import uuid
 
 import dramatiq
+from dramatiq.broker import Consumer
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
 
@@ -70,17 +71,24 @@ def unfinished(broker: RedisBroker, queue_name: str) -> tuple[int, int]:
     )
 
 
-def test_acknowledgements_go_out_together_before_the_next_fetch(broker: RedisBroker) -> None:
-    ids = [(uuid.uuid4(), 0) for _ in range(5)]
-    enqueuer(broker)(ids)
+def take_and_acknowledge(broker: RedisBroker, count: int) -> Consumer:
+    """A consumer of the delivery queue that has taken ``count`` messages and acknowledged them."""
     consumer = broker.consume(DELIVERY_QUEUE, prefetch=10, timeout=100)
     taken = []
-    while len(taken) < 5:
+    deadline = time.monotonic() + 10
+    while len(taken) < count and time.monotonic() < deadline:
         message = next(consumer)
         if message is not None:
             taken.append(message)
+    assert len(taken) == count
     for message in taken:
         consumer.ack(message)
+    return consumer
+
+
+def test_acknowledgements_go_out_together_before_the_next_fetch(broker: RedisBroker) -> None:
+    enqueuer(broker)([(uuid.uuid4(), 0) for _ in range(5)])
+    consumer = take_and_acknowledge(broker, 5)
     assert unfinished(broker, DELIVERY_QUEUE) == (5, 5)  # held, not yet sent
     assert next(consumer) is None  # the queue is empty: the acknowledgements go out before the fetch
     assert unfinished(broker, DELIVERY_QUEUE) == (0, 0)
@@ -89,14 +97,7 @@ def test_acknowledgements_go_out_together_before_the_next_fetch(broker: RedisBro
 
 def test_acknowledgements_still_held_go_out_when_the_consumer_closes(broker: RedisBroker) -> None:
     enqueuer(broker)([(uuid.uuid4(), 0) for _ in range(3)])
-    consumer = broker.consume(DELIVERY_QUEUE, prefetch=10, timeout=100)
-    taken = []
-    while len(taken) < 3:
-        message = next(consumer)
-        if message is not None:
-            taken.append(message)
-    for message in taken:
-        consumer.ack(message)
+    consumer = take_and_acknowledge(broker, 3)
     assert unfinished(broker, DELIVERY_QUEUE) == (3, 3)
     consumer.close()
     assert unfinished(broker, DELIVERY_QUEUE) == (0, 0)

@@ -71,15 +71,23 @@ def test_a_caller_alone_runs_alone_and_at_once() -> None:
     assert run.groups == [[7], [8]]
 
 
-def test_callers_that_arrive_while_a_group_runs_go_together_in_the_next() -> None:
-    run = Recorder()
-    group: Group[int, int] = Group(run)
+def queue_behind_a_running_group(
+    run: Recorder, group: Group[int, int], items: list[int]
+) -> tuple[dict[int, object], dict[int, object]]:
+    """Hold a call of 0 in ``run``, queue ``items`` behind it, release; the answers of both."""
     first, first_answers = hold_first_group(run, group)
-    later, answers = call_in_threads(group, [1, 2, 3, 4, 5])
-    wait_queued(group, 5)
+    later, answers = call_in_threads(group, items)
+    wait_queued(group, len(items))
     run.release.set()
     for thread in first + later:
         thread.join(10)
+    return first_answers, answers
+
+
+def test_callers_that_arrive_while_a_group_runs_go_together_in_the_next() -> None:
+    run = Recorder()
+    group: Group[int, int] = Group(run)
+    first_answers, answers = queue_behind_a_running_group(run, group, [1, 2, 3, 4, 5])
     assert first_answers == {0: 0}
     assert answers == {i: i * 10 for i in range(1, 6)}
     assert run.groups[0] == [0]
@@ -91,12 +99,7 @@ def test_a_group_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(delivery, "GROUP_SIZE", 2)
     run = Recorder()
     group: Group[int, int] = Group(run)
-    first, _ = hold_first_group(run, group)
-    later, answers = call_in_threads(group, [1, 2, 3, 4, 5])
-    wait_queued(group, 5)
-    run.release.set()
-    for thread in first + later:
-        thread.join(10)
+    _, answers = queue_behind_a_running_group(run, group, [1, 2, 3, 4, 5])
     assert answers == {i: i * 10 for i in range(1, 6)}
     assert [len(g) for g in run.groups] == [1, 2, 2, 1]
 
@@ -104,13 +107,8 @@ def test_a_group_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_failed_group_raises_in_every_caller_of_it_and_the_next_group_runs() -> None:
     run = Recorder()
     group: Group[int, int] = Group(run)
-    first, first_answers = hold_first_group(run, group)
-    later, answers = call_in_threads(group, [1, 2, 3])
-    wait_queued(group, 3)
     run.fail = RuntimeError("the database went away")
-    run.release.set()
-    for thread in first + later:
-        thread.join(10)
+    first_answers, answers = queue_behind_a_running_group(run, group, [1, 2, 3])
     assert all(isinstance(a, RuntimeError) for a in [*first_answers.values(), *answers.values()])
     run.fail = None
     assert group(9) == 90
