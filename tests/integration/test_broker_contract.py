@@ -10,11 +10,14 @@ of it fails here, not in production. README: "Upgrading Dramatiq".
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -25,12 +28,28 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
 from dramatiq.encoder import JSONEncoder
 from dramatiq.middleware import Middleware
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from notifier.worker.broker import ACK_BATCH, DELIVER_ACTOR, DELIVERY_QUEUE, _Consumer, enqueuer
 from tests.conftest import _delete_namespace
 from tests.e2e.conftest import wait_until
 
 DELAYED = dq_name(DELIVERY_QUEUE)
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def test_dramatiq_is_pinned_to_the_minor_version_these_tests_ran_on() -> None:
+    [requirement] = [
+        parsed
+        for line in tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+        if (parsed := Requirement(line)).name == "dramatiq"
+    ]
+    installed = Version(importlib.metadata.version("dramatiq"))
+    upper = [spec for spec in requirement.specifier if spec.operator == "<"]
+    assert installed in requirement.specifier
+    assert upper, f"{requirement}: no upper bound; the fast path imitates one minor version of Dramatiq"
+    assert [Version(spec.version) for spec in upper] == [Version(f"{installed.major}.{installed.minor + 1}")]
 
 
 class Stamp(Middleware):
