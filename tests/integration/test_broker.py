@@ -19,7 +19,15 @@ from dramatiq.common import dq_name
 from dramatiq.middleware import Middleware
 
 from notifier.settings import Settings
-from notifier.worker.broker import DELIVER_ACTOR, DELIVERY_QUEUE, ENQUEUE_BATCH, AsyncEnqueuer, enqueuer
+from notifier.worker.broker import (
+    DELIVER_ACTOR,
+    DELIVERY_QUEUE,
+    ENQUEUE_BATCH,
+    MAINTENANCE_CHANCE,
+    AsyncEnqueuer,
+    build,
+    enqueuer,
+)
 
 
 def consume(broker: RedisBroker, queue_name: str, count: int) -> list[dramatiq.Message[None]]:
@@ -147,3 +155,10 @@ def test_acknowledgements_still_held_go_out_when_the_consumer_closes(broker: Red
     assert unfinished(broker, DELIVERY_QUEUE) == (3, 3)
     consumer.close()
     assert unfinished(broker, DELIVERY_QUEUE) == (0, 0)
+
+
+def test_the_broker_runs_maintenance_at_the_chance_the_bench_chose(settings: Settings) -> None:
+    """One command in a hundred: ``python -m bench.maintenance`` and the README say why."""
+    built = build(settings)
+    assert built.maintenance_chance == MAINTENANCE_CHANCE == 10_000
+    built.close()
