@@ -41,8 +41,15 @@ DELIVER_ACTOR = "deliver_notification"
 SCHEDULE_QUEUE = "notifier.schedule"
 FIRE_SCHEDULES_ACTOR = "fire_schedules"
 
-MAINTENANCE_CHANCE = 100_000
-"""Out of a million Redis commands (Dramatiq's default: 1,000)."""
+MAINTENANCE_CHANCE = 10_000
+"""Out of a million Redis commands, those that also run Dramatiq's maintenance (its default: 1,000).
+
+Maintenance puts a dead worker's unacknowledged messages back on their queue; with a worker process
+fetching from each queue ten times a second when idle, one in a hundred does so about 10 s after
+the heartbeat timeout. It costs a few microseconds when no worker died, but for each dead worker
+it walks every key of the database (``KEYS``): 20 dead workers took 0.4 ms, 26 ms in a database of
+10,000 keys, a hundredth of which is what the average command pays (``python -m bench.maintenance``;
+README, "Upgrading Dramatiq")."""
 
 DEAD_LETTER_STREAM = "dead-letters"
 DEAD_LETTER_STREAM_LENGTH = 100_000
@@ -79,7 +86,7 @@ def build(settings: Settings) -> RedisBroker:
         namespace=settings.redis.namespace,
         middleware=middleware,
         # A worker silent this long is dead: its unacknowledged messages go back to the queue
-        # during maintenance, which runs on one Redis command in ten.
+        # during maintenance, which runs on one Redis command in a hundred.
         heartbeat_timeout=int(settings.worker.heartbeat_timeout * 1000),
         maintenance_chance=MAINTENANCE_CHANCE,
     )
@@ -212,13 +219,16 @@ _encode = msgspec.json.Encoder().encode
 
 class _Batch:
     """``deliver_notification`` messages as ``RedisBroker.enqueue`` makes them (a Redis message id,
-    the delay queue and an ``eta`` when delayed), encoded, grouped by queue for :data:`ENQUEUE_MANY`."""
+    the delay queue and an ``eta`` when delayed), for :data:`ENQUEUE_MANY`.
+
+    Like ``RedisBroker.enqueue``, it runs the middleware's ``before_enqueue`` before it encodes a
+    message, so what a middleware stamps on the message there (its options) is stored with it.
+    """
 
     def __init__(self, broker: RedisBroker, items: Sequence[tuple[uuid.UUID, int]]) -> None:
         self.broker = broker
         self.now = int(time.time() * 1000)
         self.messages: list[tuple[dramatiq.Message[None], int | None]] = []
-        self.queues: dict[str, list[str | bytes]] = {}
         for notification_id, delay_ms in items:
             delay = delay_ms or None
             queue_name = DELIVERY_QUEUE if delay is None else dq_name(DELIVERY_QUEUE)
@@ -232,16 +242,20 @@ class _Batch:
                 kwargs={},
                 options=options,
             )
-            # Dramatiq's JSON encoder writes the same fields; msgspec is several times faster.
-            self.queues.setdefault(queue_name, []).extend((options["redis_message_id"], _encode(message.asdict())))
             self.messages.append((message, delay))
 
-    def script_args(self) -> list[list[Any]]:
-        return [[self.now, self.broker.broker_id, queue, *pairs] for queue, pairs in self.queues.items()]
-
-    def before(self) -> None:
+    def before(self) -> list[list[Any]]:
+        """Emits ``before_enqueue`` for every message, then encodes them: the arguments of one
+        :data:`ENQUEUE_MANY` call per queue."""
         for message, delay in self.messages:
             self.broker.emit_before("enqueue", message, delay)
+        queues: dict[str, list[str | bytes]] = {}
+        for message, _ in self.messages:
+            # Dramatiq's JSON encoder writes the same fields; msgspec is several times faster.
+            queues.setdefault(message.queue_name, []).extend(
+                (message.options["redis_message_id"], _encode(message.asdict()))
+            )
+        return [[self.now, self.broker.broker_id, queue, *pairs] for queue, pairs in queues.items()]
 
     def after(self) -> None:
         for message, delay in self.messages:
@@ -260,8 +274,7 @@ def enqueuer(broker: RedisBroker) -> Enqueue:
     def enqueue(items: Sequence[tuple[uuid.UUID, int]]) -> None:
         for chunk in _chunks(items):
             batch = _Batch(broker, chunk)
-            batch.before()
-            for args in batch.script_args():
+            for args in batch.before():
                 script(keys=[broker.namespace], args=args)
             batch.after()
 
@@ -280,8 +293,7 @@ class AsyncEnqueuer:
     async def __call__(self, items: Sequence[tuple[uuid.UUID, int]]) -> None:
         for chunk in _chunks(items):
             batch = _Batch(self.broker, chunk)
-            batch.before()
-            for args in batch.script_args():
+            for args in batch.before():
                 await self.script(keys=[self.broker.namespace], args=args)
             batch.after()
 

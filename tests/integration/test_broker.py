@@ -1,19 +1,33 @@
 """The enqueue script puts on Redis what ``RedisBroker.enqueue`` does: Dramatiq's own consumers
-take the messages, delayed ones from the delay queue with their ``eta``."""
+take the messages, delayed ones from the delay queue with their ``eta``, with what the middleware
+stamped on them before they were enqueued. (``test_broker_contract.py`` compares the Redis
+structures with Dramatiq's own, field by field.)"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import dramatiq
-from dramatiq.broker import Consumer
+import msgspec
+import pytest
+from dramatiq.broker import Broker, Consumer
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
+from dramatiq.middleware import Middleware
 
 from notifier.settings import Settings
-from notifier.worker.broker import DELIVER_ACTOR, DELIVERY_QUEUE, ENQUEUE_BATCH, AsyncEnqueuer, enqueuer
+from notifier.worker.broker import (
+    DELIVER_ACTOR,
+    DELIVERY_QUEUE,
+    ENQUEUE_BATCH,
+    MAINTENANCE_CHANCE,
+    AsyncEnqueuer,
+    build,
+    enqueuer,
+)
 
 
 def consume(broker: RedisBroker, queue_name: str, count: int) -> list[dramatiq.Message[None]]:
@@ -62,6 +76,46 @@ def test_the_api_enqueuer_writes_what_the_sync_one_does(broker: RedisBroker, set
     assert all(m.queue_name == DELIVERY_QUEUE and m.actor_name == DELIVER_ACTOR for m in taken)
 
 
+class Stamp(Middleware):
+    """Stamps every message it sees enqueued, as a trace-propagation middleware stamps its context."""
+
+    def before_enqueue(self, broker: Broker, message: dramatiq.Message[None], delay: int) -> None:
+        message.options["stamp"] = f"stamped {message.args[0]}"
+
+
+def stored(broker: RedisBroker, queue_name: str) -> list[dict[str, Any]]:
+    """The messages of ``queue_name`` as Redis holds them, decoded, in queue order."""
+    namespace = broker.namespace
+    ids = broker.client.lrange(f"{namespace}:{queue_name}", 0, -1)
+    data = broker.client.hmget(f"{namespace}:{queue_name}.msgs", ids)
+    return [msgspec.json.decode(item) for item in data]
+
+
+@pytest.mark.parametrize("side", ["worker", "api"])
+def test_what_a_middleware_stamps_before_enqueue_is_stored_with_the_message(
+    broker: RedisBroker, settings: Settings, side: str
+) -> None:
+    broker.add_middleware(Stamp())
+    items = [(uuid.uuid4(), 0), (uuid.uuid4(), 60_000)]
+    if side == "worker":
+        enqueuer(broker)(items)
+    else:
+
+        async def run() -> None:
+            enqueue = AsyncEnqueuer(broker, settings.redis.url)
+            await enqueue(items)
+            await enqueue.aclose()
+
+        asyncio.run(run())
+
+    [due] = stored(broker, DELIVERY_QUEUE)
+    [delayed] = stored(broker, dq_name(DELIVERY_QUEUE))
+    for message, (notification_id, _) in zip((due, delayed), items, strict=True):
+        assert message["options"]["stamp"] == f"stamped {notification_id}"
+    taken = consume(broker, DELIVERY_QUEUE, 1)
+    assert taken[0].options["stamp"] == f"stamped {items[0][0]}"
+
+
 def unfinished(broker: RedisBroker, queue_name: str) -> tuple[int, int]:
     """Messages of ``queue_name`` Redis still holds (their data), and those this worker has not acknowledged."""
     namespace = broker.namespace
@@ -101,3 +155,10 @@ def test_acknowledgements_still_held_go_out_when_the_consumer_closes(broker: Red
     assert unfinished(broker, DELIVERY_QUEUE) == (3, 3)
     consumer.close()
     assert unfinished(broker, DELIVERY_QUEUE) == (0, 0)
+
+
+def test_the_broker_runs_maintenance_at_the_chance_the_bench_chose(settings: Settings) -> None:
+    """One command in a hundred: ``python -m bench.maintenance`` and the README say why."""
+    built = build(settings)
+    assert built.maintenance_chance == MAINTENANCE_CHANCE == 10_000
+    built.close()
