@@ -73,7 +73,7 @@ def create_app(settings: Settings, broker: RedisBroker, enqueue: AsyncEnqueue, t
             DeadLetterController,
             RuleController,
             EventController,
-            dashboard(broker),
+            dashboard(broker, service),
         ],
         dependencies={
             "service": Provide(provide_service, sync_to_thread=False),

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +260,68 @@ def test_build_context_has_what_the_wheel_needs() -> None:
 def test_dockerignore_keeps_local_state_out_of_the_context(path: str) -> None:
     patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and line[0] != "#"]
     assert _ignored(path, patterns), f"{path} is sent to the Docker daemon with every build"
+
+
+def _uv() -> str:
+    """The ``uv`` running this test (``uv run`` exports it as ``UV``), else the one on PATH."""
+    found = os.environ.get("UV") or shutil.which("uv")
+    if found is None:
+        pytest.fail("`uv` not found (neither $UV nor on PATH): install it with `python3 -m pip install uv`")
+    return found
+
+
+def test_pip_resolves_the_published_requirements(tmp_path: Path) -> None:
+    """pip knows nothing of ``[tool.uv]``: the requirements in the package's metadata must resolve alone.
+
+    ``uv pip compile --no-config`` resolves them as pip would (no overrides, no constraints), for the
+    oldest Python the package supports and with every extra.
+    """
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    overrides = project.get("tool", {}).get("uv", {}).get("override-dependencies")
+    assert not overrides, f"uv-only overrides hide what pip will refuse: {overrides}"
+    oldest = re.fullmatch(r">=\s*(\d+\.\d+)", project["project"]["requires-python"])
+    assert oldest, project["project"]["requires-python"]
+    output = tmp_path / "requirements.txt"
+    result = subprocess.run(
+        [
+            _uv(),
+            "pip",
+            "compile",
+            str(ROOT / "pyproject.toml"),
+            "--no-config",
+            "--all-extras",
+            "--quiet",
+            "--python-version",
+            oldest.group(1),
+            "--output-file",
+            str(output),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"the published requirements do not resolve:\n{result.stderr}"
+    pinned = dict(line.split("==", 1) for line in output.read_text().splitlines() if "==" in line)
+    assert "dramatiq" in pinned
+    assert "dramatiq-dashboard" not in pinned, "the dashboard is vendored: its release requires dramatiq<2"
+
+
+def test_wheel_ships_the_vendored_dashboard_with_its_licence(tmp_path: Path) -> None:
+    """The dashboard's templates and Redis script are data files, and LGPL wants its licence beside it."""
+    result = subprocess.run(
+        [_uv(), "build", "--wheel", "--out-dir", str(tmp_path), "--quiet", str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    [wheel] = tmp_path.glob("notifier-*.whl")
+    vendored = "notifier/vendor/dramatiq_dashboard/"
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        metadata = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
+    shipped = {name.removeprefix(vendored) for name in names if name.startswith(vendored)}
+    expected = {"COPYING", "COPYING.LESSER", "README.md", "redis/dispatch.lua", "templates/queue.html"}
+    assert expected <= shipped, sorted(expected - shipped)
+    assert "License-Expression: Apache-2.0 AND LGPL-3.0-or-later" in metadata

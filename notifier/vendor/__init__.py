@@ -1,0 +1,1 @@
+"""Third-party code shipped inside notifier, each package with its licence and a README naming its origin."""
