@@ -121,8 +121,7 @@ def run_worker(args: argparse.Namespace) -> None:
     settings_module.load()  # fail here, once, rather than in every forked process
     dramatiq_args = make_argument_parser().parse_args(
         [
-            "notifier.worker.actors",
-            "notifier.worker.schedules",
+            "notifier.worker.app:setup",  # each worker process builds its broker and actors with this
             "--processes",
             str(args.processes),
             "--threads",
@@ -138,12 +137,17 @@ def run_worker(args: argparse.Namespace) -> None:
 def run_scheduler(args: argparse.Namespace) -> None:
     from notifier.services.relay import Relay
     from notifier.worker import schedules
-    from notifier.worker.actors import broker, pool, settings
+    from notifier.worker.app import Resources, install_broker
     from notifier.worker.broker import enqueuer
 
+    settings = settings_module.load()
+    configure_logging(settings.log.level)
+    broker = install_broker(settings)
+    resources = Resources(settings)  # the relay's pool; the tick only needs declaring, to be sent
+    schedules.declare(broker, resources.rules)
     stop = threading.Event()
     relay = threading.Thread(
-        target=Relay(settings, pool(), enqueuer(broker)).run, args=(stop,), name="outbox-relay", daemon=True
+        target=Relay(settings, resources.pool(), enqueuer(broker)).run, args=(stop,), name="outbox-relay", daemon=True
     )
     relay.start()
 

@@ -1,1 +1,2 @@
-"""Dramatiq: the broker (configured once, first), the actors, and periodic work."""
+"""Dramatiq: the broker (``broker``), the actors (``actors``, ``schedules``), and the process that
+declares them on the broker (``app``)."""

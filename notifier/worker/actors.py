@@ -1,109 +1,78 @@
-"""The actors: thin, they take an id and call a service.
+"""The delivery actor: thin, it takes an id and calls the dispatcher.
 
-Importing this module (as ``notifier worker`` does) reads the settings, builds the broker and sets
-it as Dramatiq's global broker *before* the actors below are declared, because Dramatiq binds an
-actor to the global broker when it is declared.
+Nothing here runs at import. :func:`declare` declares the actor on the broker it is given, with
+what it needs passed in; :mod:`notifier.worker.app` does that for ``notifier worker``, and a test
+does it on Dramatiq's ``StubBroker``.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import dramatiq
+import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import CurrentMessage
 
-from notifier import channels
-from notifier import settings as settings_module
 from notifier.domain import Notification
-from notifier.observability import configure_logging
 from notifier.services.delivery import Dispatcher, NotDue, RetryLater
-from notifier.store import delivery as delivery_store
-from notifier.worker.broker import (
-    DEAD_LETTER_STREAM_LENGTH,
-    DELIVER_ACTOR,
-    DELIVERY_QUEUE,
-    build,
-    dead_letter_stream,
-)
-
-settings = settings_module.load()
-configure_logging(settings.log.level)
-broker = build(settings)
-dramatiq.set_broker(broker)
-logger = logging.getLogger("notifier.worker")
-
-_lock = threading.Lock()
-_pool: delivery_store.Pool | None = None
-_dispatcher: Dispatcher | None = None
+from notifier.worker.broker import DEAD_LETTER_STREAM_LENGTH, DELIVER_ACTOR, DELIVERY_QUEUE
 
 
-def pool() -> delivery_store.Pool:
-    """This process's database pool, opened on first use (after Dramatiq has forked the process)."""
-    global _pool
-    with _lock:
-        if _pool is None:
-            _pool = delivery_store.open_pool(settings.database.url, size=settings.database.pool_size)
-        return _pool
+class DeadLetterStream:
+    """The capped Redis Stream every final failure is appended to (``broker.dead_letter_stream``)."""
+
+    def __init__(self, client: redis.Redis, name: str) -> None:
+        self.client = client
+        self.name = name
+
+    def append(self, notification: Notification, reason: str) -> None:
+        self.client.xadd(
+            self.name,
+            {
+                "notification_id": str(notification.id),
+                "channel": notification.channel.value,
+                "recipient": notification.recipient,
+                "attempts": str(notification.attempts),
+                "error": reason,
+                "failed_at": datetime.now(UTC).isoformat(),
+            },
+            maxlen=DEAD_LETTER_STREAM_LENGTH,
+            approximate=True,
+        )
 
 
-def dispatcher() -> Dispatcher:
-    """This process's dispatcher, with one instance of each configured channel."""
-    global _dispatcher
-    shared = pool()
-    with _lock:
-        if _dispatcher is None:
-            _dispatcher = Dispatcher(settings, shared, channels.build(settings))
-        return _dispatcher
+def declare(
+    broker: dramatiq.Broker, dispatcher: Callable[[], Dispatcher], dead_letters: DeadLetterStream
+) -> dramatiq.Actor[[str], None]:
+    """Declare ``deliver_notification`` on ``broker``.
 
+    ``dispatcher`` gives the process's dispatcher (opened on first use, after Dramatiq has started
+    the process). ``broker`` needs the ``CurrentMessage`` and ``Retries`` middleware, as
+    :func:`notifier.worker.broker.build` gives it.
+    """
 
-class OpenOnBoot(dramatiq.Middleware):
-    """Opens the database pool and the channels as a worker process boots, before its consumers
-    start: done on the first delivery instead, it held up the deliveries of the first 1-2 seconds
-    after a start under load (mostly importing the channels' libraries)."""
-
-    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+    @dramatiq.actor(broker=broker, actor_name=DELIVER_ACTOR, queue_name=DELIVERY_QUEUE)
+    def deliver_notification(notification_id: str) -> None:
+        """Make one delivery attempt for the notification with this id."""
         try:
-            dispatcher()
-        except Exception as exc:  # the first delivery opens them instead, and reports why it cannot
-            logger.warning("could not open the database pool at boot", extra={"error": repr(exc)})
+            result = dispatcher().deliver(uuid.UUID(notification_id))
+        except RetryLater as exc:
+            # Retry is Dramatiq's quiet way to ask for another attempt, after the channel's backoff.
+            raise dramatiq.Retry(exc.reason, delay=exc.delay_ms) from exc
+        if isinstance(result, NotDue):
+            deliver_notification.send_with_options(args=(notification_id,), delay=result.delay_ms)
+        elif result.kind == "failed" and result.notification is not None:
+            dead_letter(dead_letters, result.notification, result.reason or "")
+
+    return deliver_notification
 
 
-broker.add_middleware(OpenOnBoot())
-
-
-@dramatiq.actor(actor_name=DELIVER_ACTOR, queue_name=DELIVERY_QUEUE)
-def deliver_notification(notification_id: str) -> None:
-    """Make one delivery attempt for the notification with this id."""
-    try:
-        result = dispatcher().deliver(uuid.UUID(notification_id))
-    except RetryLater as exc:
-        # Retry is Dramatiq's quiet way to ask for another attempt, after the channel's backoff.
-        raise dramatiq.Retry(exc.reason, delay=exc.delay_ms) from exc
-    if isinstance(result, NotDue):
-        deliver_notification.send_with_options(args=(notification_id,), delay=result.delay_ms)
-    elif result.kind == "failed" and result.notification is not None:
-        dead_letter(result.notification, result.reason or "")
-
-
-def dead_letter(notification: Notification, reason: str) -> None:
+def dead_letter(dead_letters: DeadLetterStream, notification: Notification, reason: str) -> None:
     """Move the message to Dramatiq's dead-letter queue and append the failure to the stream."""
     message = CurrentMessage.get_current_message()
     if isinstance(message, MessageProxy):  # what the worker actually runs
         message.fail()
-    broker.client.xadd(
-        dead_letter_stream(settings),
-        {
-            "notification_id": str(notification.id),
-            "channel": notification.channel.value,
-            "recipient": notification.recipient,
-            "attempts": str(notification.attempts),
-            "error": reason,
-            "failed_at": datetime.now(UTC).isoformat(),
-        },
-        maxlen=DEAD_LETTER_STREAM_LENGTH,
-        approximate=True,
-    )
+    dead_letters.append(notification, reason)

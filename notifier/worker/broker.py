@@ -1,6 +1,6 @@
 """Builds the Redis broker and its middleware, and enqueues delivery messages on it.
 
-Every process builds its broker here, from its settings: the worker (``actors``, which also makes
+Every process builds its broker here, from its settings: the worker (``app``, which also makes
 it Dramatiq's global broker before declaring the actors) and the API (to enqueue and to show the
 dashboard). Both agree on the queue and actor names below.
 """

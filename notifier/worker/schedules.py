@@ -3,36 +3,44 @@
 periodiq sends ``fire_schedules`` every minute; any worker runs it. It is idempotent: it works
 from each rule's ``next_fire_at`` in PostgreSQL, so two schedulers (two ticks a minute) create
 each firing once, and a tick that never came (the scheduler was down) is caught up by the next.
+
+Nothing here runs at import: :func:`declare` declares the tick on the broker it is given.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
 from periodiq import Scheduler, cron
 
 from notifier.services.rules import RuleScheduler
-from notifier.worker.actors import pool, settings
 from notifier.worker.broker import FIRE_SCHEDULES_ACTOR, SCHEDULE_QUEUE
 
 TICK = "* * * * *"
 
-
-@dramatiq.actor(
-    actor_name=FIRE_SCHEDULES_ACTOR,
-    queue_name=SCHEDULE_QUEUE,
-    periodic=cron(TICK),
-    max_retries=0,
-    time_limit=55_000,
-)
-def fire_schedules() -> None:
-    """Turn the firings of schedule rules due within the lookahead into notifications."""
-    RuleScheduler(settings, pool()).fire_due()
-
-
 logger = logging.getLogger("notifier.worker.schedules")
+
+
+def declare(broker: dramatiq.Broker, rules: Callable[[], RuleScheduler]) -> dramatiq.Actor[[], None]:
+    """Declare ``fire_schedules`` on ``broker`` (which needs periodiq's middleware, as
+    :func:`notifier.worker.broker.build` gives it); ``rules`` gives a rule scheduler for one tick."""
+
+    @dramatiq.actor(
+        broker=broker,
+        actor_name=FIRE_SCHEDULES_ACTOR,
+        queue_name=SCHEDULE_QUEUE,
+        periodic=cron(TICK),
+        max_retries=0,
+        time_limit=55_000,
+    )
+    def fire_schedules() -> None:
+        """Turn the firings of schedule rules due within the lookahead into notifications."""
+        rules().fire_due()
+
+    return fire_schedules
 
 
 class TickScheduler(Scheduler):  # type: ignore[misc]
