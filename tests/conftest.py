@@ -167,7 +167,6 @@ def notifier_env(database_url: str, redis_url: str, namespace: str, **extra: str
         NOTIFIER_DATABASE_URL=database_url,
         NOTIFIER_REDIS_URL=redis_url,
         NOTIFIER_REDIS_NAMESPACE=namespace,
-        NOTIFIER_WEBHOOK_ALLOWED_NETWORKS=PEER_NETWORKS,
-        **extra,
+        **{"NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": PEER_NETWORKS, **extra},
     )
     return env
