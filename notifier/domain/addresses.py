@@ -141,7 +141,7 @@ def classify(address: IPAddress) -> str | None:
     return None
 
 
-def _a(kind: str) -> str:
+def _an_address(kind: str) -> str:
     return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} address"
 
 
@@ -168,9 +168,9 @@ class AddressPolicy:
             return None
         if inner is not None:
             kind = classify(inner)
-            return None if kind is None else f"{address}, which carries {inner}, {_a(kind)}"
+            return None if kind is None else f"{address}, which carries {inner}, {_an_address(kind)}"
         kind = classify(address)
-        return None if kind is None else f"{address}, {_a(kind)}"
+        return None if kind is None else f"{address}, {_an_address(kind)}"
 
     def explain(self, host: str, address: IPAddress, *, resolved: bool) -> str | None:
         """The refusal of ``address`` as a sentence about ``host`` (which is, or resolves to, it), or ``None``."""

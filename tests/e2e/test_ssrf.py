@@ -15,8 +15,7 @@ STRICT = {"NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": ""}
 
 
 def failed(stack: Stack, notification_id: str) -> dict[str, Any]:
-    found = stack.wait_status(notification_id, "failed", timeout=30)
-    return found
+    return stack.wait_status(notification_id, "failed", timeout=30)
 
 
 def test_a_rule_rendered_internal_url_fails_for_good_with_the_reason(
