@@ -213,6 +213,8 @@ class Services:
             "NOTIFIER_REDIS_URL": self.redis_url,
             "NOTIFIER_REDIS_NAMESPACE": self.namespace,
             "NOTIFIER_AUTH_DISABLED": "true",
+            # The bench's receivers listen on loopback, which webhooks may not reach by default.
+            "NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
             **extra,
         }
 

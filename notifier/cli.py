@@ -193,6 +193,8 @@ def run_dev(args: argparse.Namespace) -> None:
             env["NOTIFIER_REDIS_URL"] = services.redis()
         if not env.get("NOTIFIER_API_KEYS"):
             env.setdefault("NOTIFIER_AUTH_DISABLED", "true")
+        # Local use: a webhook receiver on this machine is the usual first target.
+        env.setdefault("NOTIFIER_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
         settings_module.load(env)
         from notifier.store.schema import migrate
 

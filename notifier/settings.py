@@ -10,6 +10,7 @@ table that the README carries. A value that does not parse or validate stops the
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -199,8 +200,20 @@ class WebhookSettings(ChannelOverrides, frozen=True, kw_only=True):
     secret: Annotated[str, _doc("Standard Webhooks signing secret, `whsec_<base64>`. Empty: webhooks go unsigned.")] = (
         ""
     )
+    allowed_networks: Annotated[
+        list[str],
+        _doc(
+            "Comma-separated networks (CIDR, e.g. `10.0.0.0/8,fd00::/8`) that webhooks may reach although they are"
+            " internal; by default only public addresses are (see Security)."
+        ),
+    ] = []
 
     def validate(self) -> None:
+        for cidr in self.allowed_networks:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError("allowed_networks", f"has {cidr!r}, which is not a network like 10.0.0.0/8") from None
         if self.secret:
             if not self.secret.startswith("whsec_"):
                 raise ValueError("secret", "must start with whsec_")

@@ -29,6 +29,8 @@ pytest_plugins = ["tests.peers"] if importlib.util.find_spec("tests.peers") else
 
 LOCAL_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+PEER_NETWORKS = "127.0.0.0/8,::1/128"
+"""Where the test peers listen (tests/peers.py): the NOTIFIER_WEBHOOK_ALLOWED_NETWORKS that lets webhooks reach them."""
 
 
 def _reachable(url: str, kind: str) -> bool:
@@ -156,12 +158,15 @@ def free_port() -> int:
 
 
 def notifier_env(database_url: str, redis_url: str, namespace: str, **extra: str) -> dict[str, str]:
-    """A process environment with only this test's NOTIFIER_* settings."""
+    """A process environment with only this test's NOTIFIER_* settings.
+
+    Webhooks may reach the local peers (on loopback, refused by default) unless ``extra`` says otherwise.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
     env.update(
         NOTIFIER_DATABASE_URL=database_url,
         NOTIFIER_REDIS_URL=redis_url,
         NOTIFIER_REDIS_NAMESPACE=namespace,
-        **extra,
+        **{"NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": PEER_NETWORKS, **extra},
     )
     return env

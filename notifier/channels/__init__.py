@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from notifier.channels.base import Channel as ChannelImpl
 from notifier.domain import Channel
+from notifier.domain.addresses import AddressPolicy
 from notifier.errors import ChannelNotConfigured
 from notifier.settings import Settings, SmtpServer
 
@@ -38,7 +39,11 @@ def build(settings: Settings) -> dict[Channel, ChannelImpl]:
 
     built: dict[Channel, ChannelImpl] = {
         Channel.LOG: LogChannel(),
-        Channel.WEBHOOK: WebhookChannel(settings.webhook.secret, timeout=timeout(Channel.WEBHOOK)),
+        Channel.WEBHOOK: WebhookChannel(
+            settings.webhook.secret,
+            timeout=timeout(Channel.WEBHOOK),
+            policy=AddressPolicy.from_cidrs(settings.webhook.allowed_networks),
+        ),
     }
     if settings.smtp.url:
         smtp = SmtpServer.parse(settings.smtp.url)

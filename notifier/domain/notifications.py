@@ -8,12 +8,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
+from notifier.domain.addresses import PUBLIC_ONLY, AddressPolicy, webhook_url
 from notifier.errors import InvalidNotification, InvalidTransition
 
 MAX_RECIPIENT_LENGTH = 2048
@@ -119,8 +119,11 @@ class NewNotification(msgspec.Struct, frozen=True, kw_only=True):
         return hashlib.sha256(payload).hexdigest()
 
 
-def normalise_recipient(channel: Channel, recipient: str) -> str:
-    """Validate ``recipient`` for ``channel`` and return its canonical form."""
+def normalise_recipient(channel: Channel, recipient: str, policy: AddressPolicy = PUBLIC_ONLY) -> str:
+    """Validate ``recipient`` for ``channel`` and return its canonical form.
+
+    A webhook URL must be one that ``policy`` lets the channel reach, as far as the URL tells.
+    """
     if channel is Channel.EMAIL:
         try:
             return validate_email(recipient, check_deliverability=False).normalized
@@ -135,14 +138,7 @@ def normalise_recipient(channel: Channel, recipient: str) -> str:
             raise InvalidNotification("recipient", "not a valid E.164 phone number (like +14155550123)")
         return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     if channel is Channel.WEBHOOK:
-        try:
-            parts = urlsplit(recipient)
-            hostname = parts.hostname
-        except ValueError:
-            raise InvalidNotification("recipient", "not a valid URL") from None
-        if parts.scheme not in ("http", "https") or not hostname:
-            raise InvalidNotification("recipient", "not an absolute http(s) URL")
-        return recipient
+        return webhook_url(recipient, policy)
     if not recipient.strip():
         raise InvalidNotification("recipient", "must not be blank")
     return recipient
@@ -175,8 +171,11 @@ def check_text(field: str, value: str) -> None:
         raise InvalidNotification(field, "must not contain NUL characters")
 
 
-def validate(new: NewNotification) -> NewNotification:
-    """Check what msgspec's types cannot, and return the notification in canonical form."""
+def validate(new: NewNotification, policy: AddressPolicy = PUBLIC_ONLY) -> NewNotification:
+    """Check what msgspec's types cannot, and return the notification in canonical form.
+
+    ``policy`` says which addresses a webhook may reach (by default, public ones only).
+    """
     for field in ("recipient", "subject", "body", "idempotency_key"):
         value = getattr(new, field)
         if value is not None:
@@ -191,7 +190,9 @@ def validate(new: NewNotification) -> NewNotification:
         raise InvalidNotification("metadata", f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
     if b"\\u0000" in metadata:
         raise InvalidNotification("metadata", "must not contain NUL characters")
-    return msgspec.structs.replace(new, recipient=normalise_recipient(new.channel, new.recipient), send_at=send_at)
+    return msgspec.structs.replace(
+        new, recipient=normalise_recipient(new.channel, new.recipient, policy), send_at=send_at
+    )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import msgspec
 
 from notifier import templates
 from notifier.cron import CronSchedule
+from notifier.domain.addresses import PUBLIC_ONLY, AddressPolicy
 from notifier.domain.notifications import (
     MAX_BODY_LENGTH,
     MAX_METADATA_BYTES,
@@ -104,8 +105,12 @@ def is_template(text: str) -> bool:
     return "{{" in text or "{%" in text
 
 
-def validate_rule(new: NewRule) -> NewRule:
-    """Check a rule before it is saved; errors name the field (``recipients[2]``, ``body``)."""
+def validate_rule(new: NewRule, policy: AddressPolicy = PUBLIC_ONLY) -> NewRule:
+    """Check a rule before it is saved; errors name the field (``recipients[2]``, ``body``).
+
+    A literal webhook recipient must be one ``policy`` lets the channel reach; a templated one is
+    checked when it is rendered, at each firing.
+    """
     for field in ("name", "schedule", "event", "timezone", "subject", "body"):
         value = getattr(new, field)
         if value is not None:
@@ -132,7 +137,7 @@ def validate_rule(new: NewRule) -> NewRule:
             recipients.append(recipient)
         else:
             try:
-                recipients.append(normalise_recipient(new.channel, recipient))
+                recipients.append(normalise_recipient(new.channel, recipient, policy))
             except InvalidNotification as exc:
                 raise InvalidNotification(field, exc.reason) from None
     if new.subject is not None:
@@ -239,15 +244,22 @@ class Materialised(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def materialise(
-    rule: Rule, *, context: dict[str, Any], key: str, send_at: datetime | None, about: dict[str, Any] | None = None
+    rule: Rule,
+    *,
+    context: dict[str, Any],
+    key: str,
+    send_at: datetime | None,
+    about: dict[str, Any] | None = None,
+    policy: AddressPolicy = PUBLIC_ONLY,
 ) -> list[Materialised]:
     """One notification per recipient, rendered against ``context``.
 
     ``metadata.rule`` records the rule (and ``about``, what the firing was); ``key`` makes the
     firing's idempotency keys: the same firing materialised twice (two
     schedulers, an event replayed) yields the same keys, which the database keeps unique. A
-    template that cannot be rendered, or a rendered recipient that is not valid for the channel,
-    yields a notification that fails with the reason instead of one sent half-rendered.
+    template that cannot be rendered, or a rendered recipient that is not valid for the channel
+    (a webhook URL ``policy`` refuses among them), yields a notification that fails with the
+    reason instead of one sent half-rendered.
     """
     produced = []
     metadata = {**rule.metadata, "rule": {"id": str(rule.id), "name": rule.name, **(about or {})}}
@@ -267,7 +279,7 @@ def materialise(
             subject = None if rule.subject is None else templates.render("subject", rule.subject, context)
             body = templates.render("body", rule.body, context)
             rendered = msgspec.structs.replace(base, recipient=recipient, subject=subject, body=body)
-            produced.append(Materialised(notification=validate(rendered)))
+            produced.append(Materialised(notification=validate(rendered, policy)))
         except (templates.TemplateRenderError, InvalidNotification) as exc:
             produced.append(Materialised(notification=base, failure=str(exc)))
     return produced

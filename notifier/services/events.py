@@ -80,7 +80,9 @@ class Events:
             for rule in await rule_store.for_event(event.type, now=current):
                 key = f"event:{event.id}:rule:{rule.id}"
                 made_all = await anyio.to_thread.run_sync(
-                    functools.partial(materialise, rule, context=context, key=key, send_at=None)
+                    functools.partial(
+                        materialise, rule, context=context, key=key, send_at=None, policy=self.notifications.policy
+                    )
                 )
                 for made in made_all:
                     stored = await notification_store.insert(

@@ -22,6 +22,7 @@ from notifier.domain import (
     check_transition,
     validate,
 )
+from notifier.domain.addresses import AddressPolicy
 from notifier.errors import (
     IdempotencyConflict,
     InvalidNotification,
@@ -47,12 +48,14 @@ class Accepted:
 
 
 class Notifications:
-    """The API's use cases. ``configured`` lists the channels this deployment can deliver on."""
+    """The API's use cases. ``configured`` lists the channels this deployment can deliver on;
+    ``policy``, built from the settings, the addresses a webhook may reach."""
 
     def __init__(self, settings: Settings, enqueue: AsyncEnqueue, configured: frozenset[Channel]) -> None:
         self.settings = settings
         self._enqueue = enqueue
         self.configured = configured
+        self.policy = AddressPolicy.from_cidrs(settings.webhook.allowed_networks)
 
     async def start(self) -> None:
         """Open the database pool and start marking enqueued notifications."""
@@ -88,7 +91,7 @@ class Notifications:
 
     async def accept(self, new: NewNotification) -> Accepted:
         """Validate, store (committed), then enqueue; a failed enqueue is left to the relay."""
-        new = validate(new)
+        new = validate(new, self.policy)
         check_configured(new.channel, self.configured)
         current = now()
         due = new.send_at is None or new.send_at <= current
@@ -112,7 +115,7 @@ class Notifications:
                 answers.append(item)
                 continue
             try:
-                new = validate(item)
+                new = validate(item, self.policy)
                 check_configured(new.channel, self.configured)
             except InvalidNotification as exc:
                 answers.append(exc)

@@ -23,6 +23,7 @@ from notifier.domain import (
     plan_firings,
     validate_rule,
 )
+from notifier.domain.addresses import PUBLIC_ONLY, AddressPolicy
 from notifier.errors import InvalidNotification, RuleNotFound
 from notifier.services import now
 from notifier.settings import Settings
@@ -57,9 +58,12 @@ class Rules:
     not due yet; a changed rule plans afresh from now.
     """
 
-    def __init__(self, configured: frozenset[Channel], nudge: Callable[[], None]) -> None:
+    def __init__(
+        self, configured: frozenset[Channel], nudge: Callable[[], None], *, policy: AddressPolicy = PUBLIC_ONLY
+    ) -> None:
         self.configured = configured
         self._nudge = nudge
+        self.policy = policy
 
     async def nudge(self) -> None:
         try:
@@ -68,7 +72,7 @@ class Rules:
             logger.warning("could not ask for a scheduler tick; the minute tick will do", extra={"error": repr(exc)})
 
     def _check(self, new: NewRule) -> NewRule:
-        new = validate_rule(new)
+        new = validate_rule(new, self.policy)
         check_configured(new.channel, self.configured)
         return new
 
@@ -140,6 +144,7 @@ class RuleScheduler:
     def __init__(self, settings: Settings, pool: Pool) -> None:
         self.settings = settings
         self.pool = pool
+        self.policy = AddressPolicy.from_cidrs(settings.webhook.allowed_networks)
 
     def fire_due(self, current: datetime | None = None) -> int:
         """Plan and create the firings due up to now + lookahead; returns notifications created."""
@@ -189,7 +194,7 @@ class RuleScheduler:
             }
             key = f"rule:{rule.id}:r{rule.revision}:{firing.at:%Y%m%dT%H%M%SZ}"
             about = {"fire_time": firing.at.isoformat(), **({"missed": firing.missed} if firing.missed else {})}
-            for made in materialise(rule, context=context, key=key, send_at=firing.at, about=about):
+            for made in materialise(rule, context=context, key=key, send_at=firing.at, about=about, policy=self.policy):
                 status = Status.FAILED if made.failure else Status.SCHEDULED
                 created += firing_store.insert_notification(
                     conn, made.notification, status=status, last_error=made.failure, rule_id=rule.id

@@ -16,11 +16,15 @@ from notifier.channels.email import EmailChannel
 from notifier.channels.sms import SmsChannel
 from notifier.channels.webhook import WebhookChannel
 from notifier.domain import Channel, Notification, Status
+from notifier.domain.addresses import AddressPolicy
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.settings import SmtpServer
+from tests.conftest import PEER_NETWORKS
 from tests.peers import SmsPeer, SmtpPeer, WebhookPeer, client_context, new_webhook_secret
 
 TIMEOUT = 5.0
+PEERS = AddressPolicy.from_cidrs(PEER_NETWORKS.split(","))
+"""The peers listen on loopback, which webhooks may not reach by default."""
 SENDER = "notifier@example.org"
 SMS_FROM = "+14155550100"
 
@@ -266,7 +270,7 @@ def test_sms_connection_refused_is_transient(closed_port: int) -> None:
 @pytest.fixture
 def webhook(webhook_receiver: WebhookPeer) -> Iterator[WebhookChannel]:
     assert webhook_receiver.secret is not None
-    channel = WebhookChannel(webhook_receiver.secret, timeout=TIMEOUT)
+    channel = WebhookChannel(webhook_receiver.secret, timeout=TIMEOUT, policy=PEERS)
     yield channel
     channel.close()
 
@@ -312,7 +316,7 @@ def test_webhook_id_is_stable_across_attempts(webhook: WebhookChannel, webhook_r
 
 def test_webhook_signed_with_another_secret_fails_verification(webhook_receiver: WebhookPeer) -> None:
     # The peer's check can fail: a signature made with another secret is refused with 400.
-    channel = WebhookChannel(new_webhook_secret(), timeout=TIMEOUT)
+    channel = WebhookChannel(new_webhook_secret(), timeout=TIMEOUT, policy=PEERS)
     try:
         with pytest.raises(PermanentDeliveryError, match="HTTP 400"):
             channel.send(notification(Channel.WEBHOOK, webhook_receiver.url + "/hook"))
@@ -325,7 +329,7 @@ def test_webhook_signed_with_another_secret_fails_verification(webhook_receiver:
 
 def test_webhook_hanging_receiver_times_out(webhook_receiver: WebhookPeer) -> None:
     webhook_receiver.respond(204, delay=30)
-    channel = WebhookChannel(webhook_receiver.secret or "", timeout=0.5)
+    channel = WebhookChannel(webhook_receiver.secret or "", timeout=0.5, policy=PEERS)
     try:
         with pytest.raises(TransientDeliveryError, match="timeout"):
             channel.send(notification(Channel.WEBHOOK, webhook_receiver.url + "/slow"))
@@ -351,7 +355,7 @@ def test_webhook_500_is_transient(webhook: WebhookChannel, webhook_receiver: Web
 
 
 def test_webhook_without_secret_is_unsigned(webhook_receiver: WebhookPeer) -> None:
-    channel = WebhookChannel("", timeout=TIMEOUT)
+    channel = WebhookChannel("", timeout=TIMEOUT, policy=PEERS)
     n = notification(Channel.WEBHOOK, webhook_receiver.url + "/hook")
     try:
         # The signing receiver refuses it...
@@ -371,7 +375,7 @@ def test_webhook_without_secret_is_unsigned(webhook_receiver: WebhookPeer) -> No
 
 def test_webhook_without_secret_reaches_an_unverifying_receiver() -> None:
     with WebhookPeer(secret=None) as receiver:
-        channel = WebhookChannel("", timeout=TIMEOUT)
+        channel = WebhookChannel("", timeout=TIMEOUT, policy=PEERS)
         try:
             n = notification(Channel.WEBHOOK, receiver.url + "/hook")
             assert channel.send(n) == str(n.id)
