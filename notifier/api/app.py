@@ -17,12 +17,12 @@ from litestar.openapi.spec import Components, SecurityScheme
 import notifier
 from notifier import channels
 from notifier.api.auth import ApiKeyMiddleware
-from notifier.api.bodies import require_json_body
 from notifier.api.dashboard import dashboard
 from notifier.api.dead_letters import DeadLetterController
 from notifier.api.errors import HANDLERS
 from notifier.api.events import EventController
 from notifier.api.health import healthz, readyz
+from notifier.api.intake import check_request
 from notifier.api.notifications import NotificationController
 from notifier.api.rules import RuleController
 from notifier.services import AsyncEnqueue
@@ -85,7 +85,7 @@ def create_app(settings: Settings, broker: RedisBroker, enqueue: AsyncEnqueue, t
         lifespan=[lifespan],
         middleware=middleware,
         exception_handlers=HANDLERS,
-        before_request=require_json_body,
+        before_request=check_request,
         request_max_body_size=settings.api.max_body_size,
         openapi_config=OpenAPIConfig(
             title="notifier",

@@ -101,6 +101,13 @@ class TestUndecodableBodies:
         assert fields(known_problem(response, 422)) == ["body"]
 
 
+def test_an_unknown_query_parameter_is_a_422_naming_it(client: Client) -> None:
+    """A misspelt filter would otherwise list everything."""
+    assert fields(known_problem(client.get("/notifications", params={"stauts": "failed"}), 422)) == ["stauts"]
+    assert fields(known_problem(client.get("/rules", params={"enabled": "true", "x": "1"}), 422)) == ["x"]
+    assert client.get("/notifications", params={"status": "failed", "limit": 5}).status_code == 200
+
+
 class TestSubjects:
     @pytest.mark.parametrize("separator", SEPARATORS, ids=[hex(ord(s[-1])) for s in SEPARATORS])
     def test_an_email_subject_with_a_line_separator_is_refused(self, mail_client: Client, separator: str) -> None:
