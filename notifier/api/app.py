@@ -12,6 +12,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
 import notifier
 from notifier import channels
@@ -21,6 +22,7 @@ from notifier.api.dead_letters import DeadLetterController
 from notifier.api.errors import HANDLERS
 from notifier.api.events import EventController
 from notifier.api.health import healthz, readyz
+from notifier.api.intake import check_request
 from notifier.api.notifications import NotificationController
 from notifier.api.rules import RuleController
 from notifier.services import AsyncEnqueue
@@ -83,12 +85,23 @@ def create_app(settings: Settings, broker: RedisBroker, enqueue: AsyncEnqueue, t
         lifespan=[lifespan],
         middleware=middleware,
         exception_handlers=HANDLERS,
+        before_request=check_request,
         request_max_body_size=settings.api.max_body_size,
         openapi_config=OpenAPIConfig(
             title="notifier",
             version=notifier.__version__,
             description="Accept notifications over REST; deliver them by email, SMS, webhook or log.",
             path="/schema",
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        description="An API key from NOTIFIER_API_KEYS, as `Authorization: Bearer <key>`.",
+                    )
+                }
+            ),
+            security=[{"bearer": []}],
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
         logging_config=None,

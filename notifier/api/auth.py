@@ -5,11 +5,23 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 
+import msgspec
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
+from notifier.api.errors import Problem, ProblemType
+
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
+
+UNAUTHORIZED = msgspec.json.encode(
+    Problem(
+        type=ProblemType.UNAUTHORIZED.uri,
+        title=ProblemType.UNAUTHORIZED.spec.title,
+        status=401,
+        detail="send Authorization: Bearer <API key>",
+    )
+)
 
 
 class ApiKeyMiddleware(ASGIMiddleware):
@@ -34,10 +46,7 @@ class ApiKeyMiddleware(ASGIMiddleware):
         if self.authorized(scope):
             await next_app(scope, receive, send)
             return
-        body = (
-            b'{"type":"urn:notifier:problem:unauthorized","title":"Unauthorized","status":401,'
-            b'"detail":"send Authorization: Bearer <API key>"}'
-        )
+        body = UNAUTHORIZED
         start: HTTPResponseStartEvent = {
             "type": "http.response.start",
             "status": 401,

@@ -11,6 +11,7 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, JSONBody, QueryParameter
 
+from notifier.api.errors import problems
 from notifier.api.schemas import NotificationOut, NotificationPage, decode_cursor, encode_keyset
 from notifier.domain import Channel, DeadLetterFilter, Notification, utc
 from notifier.services.notifications import Notifications
@@ -47,7 +48,7 @@ class DeadLetterController(Controller):
     path = "/dead-letters"
     tags = ["dead letters"]
 
-    @get("/", summary="List failed notifications, most recently failed first")
+    @get("/", summary="List failed notifications, most recently failed first", responses=problems(422))
     async def list_dead_letters(
         self,
         service: NamedDependency[Notifications],
@@ -69,7 +70,7 @@ class DeadLetterController(Controller):
             next_cursor=_cursor(items[-1]) if len(found) > limit else None,
         )
 
-    @post("/replay", status_code=202, summary="Replay failed notifications")
+    @post("/replay", status_code=202, summary="Replay failed notifications", responses=problems(413, 422))
     async def replay(self, data: JSONBody[ReplayRequest], service: NamedDependency[Notifications]) -> Replayed:
         """Puts up to ``limit`` matching failed notifications back in the queue, most recently
         failed first: new attempts on the same notifications, never new notifications."""

@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from notifier.api import schemas
+from notifier.api.errors import problems
 from notifier.api.schemas import EventOut, NotificationOut
 from notifier.domain import NewEvent
 from notifier.services.events import Events
@@ -20,7 +21,7 @@ class EventController(Controller):
     path = "/events"
     tags = ["events"]
 
-    @post("/", status_code=202, summary="Publish an event")
+    @post("/", status_code=202, summary="Publish an event", responses=problems(409, 413, 422))
     async def publish(
         self,
         data: JSONBody[NewEvent],
@@ -42,7 +43,7 @@ class EventController(Controller):
         )
         return Response(body, status_code=202, headers=headers)
 
-    @get("/{event_id:uuid}", summary="Show an event and what it produced")
+    @get("/{event_id:uuid}", summary="Show an event and what it produced", responses=problems(404))
     async def show(self, event_id: FromPath[uuid.UUID], events: NamedDependency[Events]) -> EventOut:
         event, notifications = await events.get(event_id)
         return EventOut(**msgspec.structs.asdict(event), notifications=[NotificationOut.of(n) for n in notifications])

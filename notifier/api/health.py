@@ -6,16 +6,27 @@ import asyncio
 
 from litestar import Response, get
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import SecurityRequirement
 
 from notifier.api.schemas import Health
 
+PUBLIC: list[SecurityRequirement] = [{}]
+"""No key needed: the empty requirement overrides the document's bearer default."""
 
-@get("/healthz", summary="Liveness", tags=["health"])
+
+@get("/healthz", summary="Liveness", tags=["health"], security=PUBLIC)
 async def healthz() -> Health:
     return Health(status="ok")
 
 
-@get("/readyz", summary="Readiness: PostgreSQL and Redis reachable", tags=["health"])
+@get(
+    "/readyz",
+    summary="Readiness: PostgreSQL and Redis reachable",
+    tags=["health"],
+    security=PUBLIC,
+    responses={503: ResponseSpec(Health, description="PostgreSQL or Redis is unreachable; `checks` says which.")},
+)
 async def readyz(state: State) -> Response[Health]:
     checks: dict[str, str] = {}
 

@@ -11,7 +11,7 @@ from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
-from notifier.api.errors import item_problem
+from notifier.api.errors import item_problem, problems
 from notifier.api.schemas import (
     BatchItemResult,
     BatchRequest,
@@ -32,7 +32,7 @@ MAX_PAGE = 200
 class NotificationController(Controller):
     tags = ["notifications"]
 
-    @post("/notify", status_code=202, summary="Accept a notification")
+    @post("/notify", status_code=202, summary="Accept a notification", responses=problems(409, 413, 422))
     async def notify(
         self,
         data: JSONBody[NotifyRequest],
@@ -51,7 +51,12 @@ class NotificationController(Controller):
             headers["Idempotent-Replayed"] = "true"
         return Response(NotificationOut.of(accepted.notification), status_code=202, headers=headers)
 
-    @post("/notify/batch", status_code=200, summary="Accept up to 1,000 notifications at once")
+    @post(
+        "/notify/batch",
+        status_code=200,
+        summary="Accept up to 1,000 notifications at once",
+        responses=problems(413, 422),
+    )
     async def notify_batch(
         self, data: JSONBody[BatchRequest], service: NamedDependency[Notifications]
     ) -> BatchResponse:
@@ -86,7 +91,7 @@ class NotificationController(Controller):
                 )
         return BatchResponse(results=results)
 
-    @get("/notifications", summary="List notifications, newest first")
+    @get("/notifications", summary="List notifications, newest first", responses=problems(422))
     async def list_notifications(
         self,
         service: NamedDependency[Notifications],
@@ -120,14 +125,23 @@ class NotificationController(Controller):
             next_cursor=encode_cursor(items[-1]) if more else None,
         )
 
-    @get("/notifications/{notification_id:uuid}", summary="Show a notification and its attempts")
+    @get(
+        "/notifications/{notification_id:uuid}",
+        summary="Show a notification and its attempts",
+        responses=problems(404),
+    )
     async def show(
         self, notification_id: FromPath[uuid.UUID], service: NamedDependency[Notifications]
     ) -> NotificationOut:
         notification = await service.get(notification_id)
         return NotificationOut.of(notification, await service.attempts(notification_id))
 
-    @post("/notifications/{notification_id:uuid}/retry", status_code=202, summary="Replay a failed notification")
+    @post(
+        "/notifications/{notification_id:uuid}/retry",
+        status_code=202,
+        summary="Replay a failed notification",
+        responses=problems(404, 409),
+    )
     async def retry(
         self, notification_id: FromPath[uuid.UUID], service: NamedDependency[Notifications]
     ) -> NotificationOut:
@@ -135,7 +149,12 @@ class NotificationController(Controller):
         attempts on the same notification, never a second one. 409 unless it is ``failed``."""
         return NotificationOut.of(await service.retry(notification_id))
 
-    @post("/notifications/{notification_id:uuid}/cancel", status_code=200, summary="Cancel a notification")
+    @post(
+        "/notifications/{notification_id:uuid}/cancel",
+        status_code=200,
+        summary="Cancel a notification",
+        responses=problems(404, 409),
+    )
     async def cancel(
         self, notification_id: FromPath[uuid.UUID], service: NamedDependency[Notifications]
     ) -> NotificationOut:

@@ -11,6 +11,7 @@ from litestar import Controller, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from notifier.api.errors import problems
 from notifier.api.schemas import FireTime, RulePage, RulePreview, decode_cursor, encode_cursor
 from notifier.domain import NewRule, Rule, RulePatch, schedule_time
 from notifier.services.rules import MAX_PREVIEW, Rules
@@ -22,7 +23,7 @@ class RuleController(Controller):
     path = "/rules"
     tags = ["rules"]
 
-    @post("/", status_code=201, summary="Create a rule")
+    @post("/", status_code=201, summary="Create a rule", responses=problems(413, 422))
     async def create(self, data: JSONBody[NewRule], rules: NamedDependency[Rules]) -> Response[Rule]:
         """Exactly one of ``schedule`` (five-field cron or an ``@daily``-style alias, evaluated in
         ``timezone``) and ``event`` (an event type). Subject, body and recipients are Jinja2
@@ -30,7 +31,7 @@ class RuleController(Controller):
         rule = await rules.create(data)
         return Response(rule, status_code=201, headers={"Location": f"/rules/{rule.id}"})
 
-    @get("/", summary="List rules, newest first")
+    @get("/", summary="List rules, newest first", responses=problems(422))
     async def list_rules(
         self,
         rules: NamedDependency[Rules],
@@ -42,11 +43,11 @@ class RuleController(Controller):
         items = found[:limit]
         return RulePage(items=items, next_cursor=encode_cursor(items[-1]) if len(found) > limit else None)
 
-    @get("/{rule_id:uuid}", summary="Show a rule")
+    @get("/{rule_id:uuid}", summary="Show a rule", responses=problems(404))
     async def show(self, rule_id: FromPath[uuid.UUID], rules: NamedDependency[Rules]) -> Rule:
         return await rules.get(rule_id)
 
-    @patch("/{rule_id:uuid}", summary="Change a rule")
+    @patch("/{rule_id:uuid}", summary="Change a rule", responses=problems(404, 413, 422))
     async def change(
         self, rule_id: FromPath[uuid.UUID], data: JSONBody[RulePatch], rules: NamedDependency[Rules]
     ) -> Rule:
@@ -54,12 +55,12 @@ class RuleController(Controller):
         again computes the next firing from now: nothing missed while it was off fires."""
         return await rules.update(rule_id, data)
 
-    @delete("/{rule_id:uuid}", status_code=204, summary="Delete a rule")
+    @delete("/{rule_id:uuid}", status_code=204, summary="Delete a rule", responses=problems(404))
     async def remove(self, rule_id: FromPath[uuid.UUID], rules: NamedDependency[Rules]) -> None:
         """Notifications it already created stay, no longer linked to it."""
         await rules.delete(rule_id)
 
-    @get("/{rule_id:uuid}/preview", summary="The next firings of a schedule")
+    @get("/{rule_id:uuid}/preview", summary="The next firings of a schedule", responses=problems(404, 422))
     async def preview(
         self,
         rule_id: FromPath[uuid.UUID],

@@ -171,6 +171,28 @@ def check_text(field: str, value: str) -> None:
         raise InvalidNotification(field, "must not contain NUL characters")
 
 
+def check_json_text(field: str, value: Any) -> None:
+    """:func:`check_text` for every string (keys included) in a JSON value. Iterative: the
+    value's depth is the client's to choose."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            check_text(field, item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def check_single_line(field: str, value: str) -> None:
+    """Refuse every line separator ``str.splitlines`` knows (CR, LF, VT, FF, FS, GS, RS, NEL, LS,
+    PS): an email header cannot carry one, and the mail library refuses it at send time."""
+    if value.splitlines() not in ([], [value]):
+        raise InvalidNotification(field, "must be a single line (no line breaks or line separators)")
+
+
 def validate(new: NewNotification, policy: AddressPolicy = PUBLIC_ONLY) -> NewNotification:
     """Check what msgspec's types cannot, and return the notification in canonical form.
 
@@ -181,15 +203,14 @@ def validate(new: NewNotification, policy: AddressPolicy = PUBLIC_ONLY) -> NewNo
         if value is not None:
             check_text(field, value)
     send_at = None if new.send_at is None else utc("send_at", new.send_at)
-    if new.subject is not None and ("\r" in new.subject or "\n" in new.subject):
-        raise InvalidNotification("subject", "must be a single line")
+    if new.subject is not None:
+        check_single_line("subject", new.subject)
     if new.channel is Channel.EMAIL and not new.subject:
         raise InvalidNotification("subject", "is required for email")
     metadata = msgspec.json.encode(new.metadata)
     if len(metadata) > MAX_METADATA_BYTES:
         raise InvalidNotification("metadata", f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
-    if b"\\u0000" in metadata:
-        raise InvalidNotification("metadata", "must not contain NUL characters")
+    check_json_text("metadata", new.metadata)
     return msgspec.structs.replace(
         new, recipient=normalise_recipient(new.channel, new.recipient, policy), send_at=send_at
     )

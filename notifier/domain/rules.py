@@ -26,6 +26,8 @@ from notifier.domain.notifications import (
     MAX_SUBJECT_LENGTH,
     Channel,
     NewNotification,
+    check_json_text,
+    check_single_line,
     check_text,
     normalise_recipient,
     schedule_time,
@@ -141,12 +143,14 @@ def validate_rule(new: NewRule, policy: AddressPolicy = PUBLIC_ONLY) -> NewRule:
             except InvalidNotification as exc:
                 raise InvalidNotification(field, exc.reason) from None
     if new.subject is not None:
+        check_single_line("subject", new.subject)
         templates.check("subject", new.subject)
     if new.channel is Channel.EMAIL and not new.subject:
         raise InvalidNotification("subject", "is required for email")
     templates.check("body", new.body)
     if len(msgspec.json.encode(new.metadata)) > MAX_METADATA_BYTES:
         raise InvalidNotification("metadata", f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
+    check_json_text("metadata", new.metadata)
     return msgspec.structs.replace(new, recipients=recipients, starts_at=starts_at, ends_at=ends_at)
 
 
