@@ -11,13 +11,13 @@ from dramatiq.brokers.redis import RedisBroker
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 import notifier
 from notifier import channels
 from notifier.api.auth import ApiKeyMiddleware
 from notifier.api.dashboard import dashboard
 from notifier.api.dead_letters import DeadLetterController
+from notifier.api.docs import index, render_plugins, static_files
 from notifier.api.errors import HANDLERS
 from notifier.api.events import EventController
 from notifier.api.health import healthz, readyz
@@ -74,6 +74,8 @@ def create_app(settings: Settings, broker: RedisBroker, enqueue: AsyncEnqueue, t
             RuleController,
             EventController,
             dashboard(broker),
+            index,
+            static_files(),
         ],
         dependencies={
             "service": Provide(provide_service, sync_to_thread=False),
@@ -89,7 +91,7 @@ def create_app(settings: Settings, broker: RedisBroker, enqueue: AsyncEnqueue, t
             version=notifier.__version__,
             description="Accept notifications over REST; deliver them by email, SMS, webhook or log.",
             path="/schema",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            render_plugins=render_plugins(),
         ),
         logging_config=None,
         debug=False,
