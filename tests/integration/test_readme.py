@@ -24,6 +24,15 @@ BACKTICKED = re.compile(rf"`({PATH})`")
 CATCH_ALL = "/schema/{path:str}"
 
 
+FILESYSTEM_ROOTS = {"bin", "dev", "etc", "home", "opt", "proc", "tmp", "usr", "var"}
+
+
+def _on_disk(path: str) -> bool:
+    """A backticked path such as `/usr/bin/chromium` (or `//host/...`) names no route."""
+    segments = _segments(path)
+    return path.startswith("//") or (bool(segments) and segments[0] in FILESYSTEM_ROOTS)
+
+
 def _code_blocks(text: str) -> list[str]:
     blocks: list[str] = []
     current: list[str] | None = None
@@ -52,7 +61,7 @@ def named_routes(text: str) -> set[tuple[str, str]]:
             explicit = CURL_METHOD.search(command)
             method = explicit.group(1) if explicit else ("POST" if " -d " in command else "GET")
             routes.update((method, path) for path in CURL_URL.findall(command))
-    routes.update(("GET", path) for path in BACKTICKED.findall(text) if not path.startswith("//"))
+    routes.update(("GET", path) for path in BACKTICKED.findall(text) if not _on_disk(path))
     return {(method, path.rstrip("/.") or "/") for method, path in routes}
 
 
@@ -96,6 +105,7 @@ def test_the_parser_finds_what_it_should() -> None:
     assert _matches("/notifications/<id>", "/notifications/{notification_id:uuid}")
     assert not _matches("/notifications/sent", "/notifications/{notification_id:uuid}")
     assert not _matches("/metrics", "/")
+    assert named_routes("Chromium at `/usr/bin/chromium`; docs at `/schema`") == {("GET", "/schema")}
 
 
 def _exists(app: Litestar, method: str, path: str) -> bool:
