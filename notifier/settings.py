@@ -69,7 +69,9 @@ class RedisSettings(Group, frozen=True, kw_only=True):
 
 class ApiSettings(Group, frozen=True, kw_only=True):
     env_group: ClassVar[str] = "API"
-    keys: Annotated[list[str], _doc("Comma-separated bearer keys; every route but health/metrics needs one.")] = []
+    keys: Annotated[
+        list[str], _doc("Comma-separated bearer keys; every route but /healthz, /readyz and /static/ needs one.")
+    ] = []
     host: Annotated[str, _doc("Address `notifier api` binds.")] = "127.0.0.1"
     port: Annotated[int, _doc("Port `notifier api` binds."), msgspec.Meta(ge=0, le=65535)] = 8000
     access_log: Annotated[

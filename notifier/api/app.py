@@ -11,7 +11,6 @@ from dramatiq.brokers.redis import RedisBroker
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 import notifier
@@ -19,6 +18,7 @@ from notifier import channels
 from notifier.api.auth import ApiKeyMiddleware
 from notifier.api.dashboard import dashboard
 from notifier.api.dead_letters import DeadLetterController
+from notifier.api.docs import index, render_plugins, static_files
 from notifier.api.errors import HANDLERS
 from notifier.api.events import EventController
 from notifier.api.health import healthz, readyz
@@ -76,6 +76,8 @@ def create_app(settings: Settings, broker: RedisBroker, enqueue: AsyncEnqueue, t
             RuleController,
             EventController,
             dashboard(broker, service),
+            index,
+            static_files(),
         ],
         dependencies={
             "service": Provide(provide_service, sync_to_thread=False),
@@ -102,7 +104,7 @@ def create_app(settings: Settings, broker: RedisBroker, enqueue: AsyncEnqueue, t
                 }
             ),
             security=[{"bearer": []}],
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            render_plugins=render_plugins(),
         ),
         logging_config=None,
         debug=False,

@@ -1,4 +1,5 @@
-"""Bearer API keys: every route but health, readiness and metrics needs ``Authorization: Bearer <key>``."""
+"""Bearer API keys: every route but health, readiness, metrics and the vendored static assets needs
+``Authorization: Bearer <key>``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEven
 from notifier.api.errors import Problem, ProblemType
 
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
+PUBLIC_PREFIXES = ("/static/",)
 
 UNAUTHORIZED = msgspec.json.encode(
     Problem(
@@ -26,7 +28,7 @@ UNAUTHORIZED = msgspec.json.encode(
 
 class ApiKeyMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
-    exclude_path_pattern = tuple(f"^{p}$" for p in PUBLIC_PATHS)
+    exclude_path_pattern = (*(f"^{p}$" for p in PUBLIC_PATHS), *(f"^{p}" for p in PUBLIC_PREFIXES))
 
     def __init__(self, keys: Sequence[str]) -> None:
         self.keys = [key.encode() for key in keys]
