@@ -31,6 +31,8 @@ from tests.integration.conftest import make_app
 KEY = "schemathesis-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 EXAMPLES = 25
+REJECTED = ["400", "401", "404", "405", "406", "409", "413", "415", "422"]
+"""What a schema-breaking request may be answered with (a server error is caught by its own check)."""
 KNOWN_TYPES = {kind.uri for kind in ProblemType}
 
 
@@ -62,7 +64,13 @@ def problem_type_is_documented(ctx: CheckContext, response: Any, case: Any) -> b
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_every_operation_keeps_to_the_document(base_url: str, mode: GenerationMode) -> None:
-    config = SchemathesisConfig.from_dict({"auth": {"openapi": {"bearer": {"bearer": KEY}}}})
+    config = SchemathesisConfig.from_dict(
+        {
+            "auth": {"openapi": {"bearer": {"bearer": KEY}}},
+            # A schema-breaking batch of over 1,000 items is also over the body limit: 413 refuses it too.
+            "checks": {"negative_data_rejection": {"expected-statuses": REJECTED}},
+        }
+    )
     schema = schemathesis.openapi.from_url(f"{base_url}/schema/openapi.json", headers=AUTH, config=config)
     failures: list[str] = []
     answered: dict[str, Counter[int]] = {}
