@@ -41,8 +41,8 @@ class Status(enum.StrEnum):
 
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.SCHEDULED: frozenset({Status.QUEUED, Status.SENDING, Status.CANCELLED}),
-    Status.QUEUED: frozenset({Status.SENDING, Status.CANCELLED}),
+    Status.SCHEDULED: frozenset({Status.QUEUED, Status.SENDING, Status.CANCELLED, Status.FAILED}),
+    Status.QUEUED: frozenset({Status.SENDING, Status.CANCELLED, Status.FAILED}),
     Status.SENDING: frozenset({Status.SENDING, Status.SENT, Status.RETRYING, Status.FAILED}),
     Status.RETRYING: frozenset({Status.SENDING, Status.FAILED, Status.CANCELLED}),
     Status.SENT: frozenset(),
@@ -52,7 +52,8 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 """Every allowed status change. ``scheduled`` and ``queued`` may go straight to ``sending``
 because a worker claims whichever it finds; ``sending`` may be claimed again once its lease has
 lapsed (``NOTIFIER_DELIVERY_LEASE``); a replay puts a ``failed`` one back to ``queued``, with a
-fresh budget of attempts; nothing leaves ``sent`` or ``cancelled``."""
+fresh budget of attempts; nothing leaves ``sent`` or ``cancelled``. Any status before ``sent``
+may become ``failed``: a row the relay or a worker cannot read or write fails where it is."""
 
 
 def sources(target: Status) -> frozenset[Status]:
