@@ -13,7 +13,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from notifier.api.errors import problems
 from notifier.api.schemas import FireTime, RulePage, RulePreview, decode_cursor, encode_cursor
-from notifier.domain import NewRule, Rule, RulePatch, schedule_time
+from notifier.domain import NewRule, Rule, RulePatch, utc
 from notifier.services.rules import MAX_PREVIEW, Rules
 
 MAX_PAGE = 200
@@ -70,9 +70,7 @@ class RuleController(Controller):
     ) -> RulePreview:
         """The next ``count`` fire times after ``after`` (RFC 3339; default now), each in UTC and
         on the rule's wall clock."""
-        rule, times = await rules.preview(
-            rule_id, after=None if after is None else schedule_time("after", after), count=count
-        )
+        rule, times = await rules.preview(rule_id, after=None if after is None else utc("after", after), count=count)
         zone = ZoneInfo(rule.timezone)
         return RulePreview(
             rule_id=rule.id,

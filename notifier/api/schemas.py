@@ -89,8 +89,9 @@ def encode_keyset(at: datetime, item_id: uuid.UUID) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return msgspec.json.decode(raw, type=tuple[datetime, uuid.UUID])
-    except (ValueError, msgspec.DecodeError):
+        at, item_id = msgspec.json.decode(raw, type=tuple[datetime, uuid.UUID])
+        return domain.utc("cursor", at), item_id
+    except (ValueError, msgspec.DecodeError, InvalidNotification):
         raise InvalidNotification("cursor", "is not a cursor this API returned") from None
 
 

@@ -41,8 +41,8 @@ class Status(enum.StrEnum):
 
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.SCHEDULED: frozenset({Status.QUEUED, Status.SENDING, Status.CANCELLED}),
-    Status.QUEUED: frozenset({Status.SENDING, Status.CANCELLED}),
+    Status.SCHEDULED: frozenset({Status.QUEUED, Status.SENDING, Status.CANCELLED, Status.FAILED}),
+    Status.QUEUED: frozenset({Status.SENDING, Status.CANCELLED, Status.FAILED}),
     Status.SENDING: frozenset({Status.SENDING, Status.SENT, Status.RETRYING, Status.FAILED}),
     Status.RETRYING: frozenset({Status.SENDING, Status.FAILED, Status.CANCELLED}),
     Status.SENT: frozenset(),
@@ -52,7 +52,8 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 """Every allowed status change. ``scheduled`` and ``queued`` may go straight to ``sending``
 because a worker claims whichever it finds; ``sending`` may be claimed again once its lease has
 lapsed (``NOTIFIER_DELIVERY_LEASE``); a replay puts a ``failed`` one back to ``queued``, with a
-fresh budget of attempts; nothing leaves ``sent`` or ``cancelled``."""
+fresh budget of attempts; nothing leaves ``sent`` or ``cancelled``. Any status before ``sent``
+may become ``failed``: a row the relay or a worker cannot read or write fails where it is."""
 
 
 def sources(target: Status) -> frozenset[Status]:
@@ -144,25 +145,30 @@ def normalise_recipient(channel: Channel, recipient: str, policy: AddressPolicy 
     return recipient
 
 
+EARLIEST_YEAR, LATEST_YEAR = 1970, 9000
+EARLIEST_TIME = datetime(EARLIEST_YEAR, 1, 1, tzinfo=UTC)
+"""The earliest instant the API takes (``send_at``, a rule's ``starts_at``, a list filter)."""
+LATEST_TIME = datetime(LATEST_YEAR, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+"""The latest instant the API takes; both drivers and the schedules read every instant between."""
+_OUT_OF_RANGE = "must lie between 1970-01-01T00:00:00Z and 9000-12-31T23:59:59.999999Z (in UTC)"
+
+
 def utc(field: str, value: datetime) -> datetime:
-    """``value`` in UTC; it must carry an offset and lie within years 1 to 9999 in UTC."""
+    """``value`` in UTC, if it carries an offset and lies within the years 1970 to 9000 in UTC.
+
+    Every instant the API takes goes through here, so that none reaches PostgreSQL as a value
+    one of the drivers cannot read back (asyncpg writes the extremes of ``datetime`` as
+    ``±infinity``; psycopg cannot read a year outside 1 to 9999).
+    """
     if value.tzinfo is None:
         raise InvalidNotification(field, "must carry a UTC offset (RFC 3339, e.g. 2030-01-01T09:00:00Z)")
     try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise InvalidNotification(field, "is out of range") from None
-
-
-EARLIEST_YEAR, LATEST_YEAR = 1970, 9000
-
-
-def schedule_time(field: str, value: datetime) -> datetime:
-    """A time a schedule is computed from or up to: in UTC, between 1970 and 9000."""
-    value = utc(field, value)
-    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
-        raise InvalidNotification(field, f"must lie between the years {EARLIEST_YEAR} and {LATEST_YEAR}")
-    return value
+        in_utc = value.astimezone(UTC)
+    except OverflowError:  # beyond year 9999 once in UTC
+        raise InvalidNotification(field, _OUT_OF_RANGE) from None
+    if not EARLIEST_TIME <= in_utc <= LATEST_TIME:
+        raise InvalidNotification(field, _OUT_OF_RANGE)
+    return in_utc
 
 
 def check_text(field: str, value: str) -> None:

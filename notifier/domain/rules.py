@@ -30,7 +30,7 @@ from notifier.domain.notifications import (
     check_single_line,
     check_text,
     normalise_recipient,
-    schedule_time,
+    utc,
     validate,
 )
 from notifier.errors import InvalidNotification
@@ -124,8 +124,8 @@ def validate_rule(new: NewRule, policy: AddressPolicy = PUBLIC_ONLY) -> NewRule:
     CronSchedule.parse(new.schedule or "@daily", new.timezone)  # checks the expression and the zone
     if new.event is not None and not EVENT_TYPE.match(new.event):
         raise InvalidNotification("event", "must be 1-200 letters, digits, '_', '.', ':' or '-'")
-    starts_at = None if new.starts_at is None else schedule_time("starts_at", new.starts_at)
-    ends_at = None if new.ends_at is None else schedule_time("ends_at", new.ends_at)
+    starts_at = None if new.starts_at is None else utc("starts_at", new.starts_at)
+    ends_at = None if new.ends_at is None else utc("ends_at", new.ends_at)
     if starts_at is not None and ends_at is not None and ends_at <= starts_at:
         raise InvalidNotification("ends_at", "must be after starts_at")
     if not 1 <= len(new.recipients) <= MAX_RECIPIENTS:

@@ -12,7 +12,7 @@ from notifier.channels.base import Channel as ChannelImpl
 from notifier.domain import Channel, Notification, Status
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.settings import DeliveryPolicy, Settings
-from notifier.store.delivery import Deliveries, Outcome, Pool
+from notifier.store.delivery import Deliveries, Outcome, Pool, UnusableRow
 
 logger = logging.getLogger("notifier.services")
 
@@ -65,6 +65,18 @@ class Dispatcher:
         self.policies = {c: settings.policy(c.value) for c in Channel}
 
     def deliver(self, notification_id: uuid.UUID) -> Delivered | NotDue:
+        """One attempt; a notification whose row cannot be claimed, read or updated fails alone
+        (``Delivered("failed")``, logged once at ERROR) and leaves the others' claims and outcomes be."""
+        try:
+            return self._deliver(notification_id)
+        except UnusableRow as exc:
+            logger.error(
+                "notification failed: its row cannot be used",
+                extra={"notification_id": str(exc.notification_id), "error": exc.reason},
+            )
+            return Delivered("failed", reason=exc.reason)
+
+    def _deliver(self, notification_id: uuid.UUID) -> Delivered | NotDue:
         notification = self.deliveries.claim(notification_id)
         if notification is None:
             return self._unclaimed(notification_id)

@@ -50,7 +50,7 @@ class Relay:
         def enqueue(pending: list[outbox.Pending]) -> None:
             self._enqueue([(p.id, delay_ms(p.send_at, current)) for p in pending])
 
-        count = take(
+        done = take(
             self.pool,
             enqueue,
             outbox.Window(
@@ -63,9 +63,14 @@ class Relay:
                 limit=RELAY_BATCH,
             ),
         )
-        if count:
-            logger.info("outbox relay enqueued notifications", extra={"count": count})
-        return count
+        for notification_id, reason in done.failed.items():
+            logger.error(
+                "notification failed: its row cannot be relayed",
+                extra={"notification_id": str(notification_id), "error": reason},
+            )
+        if done.enqueued:
+            logger.info("outbox relay enqueued notifications", extra={"count": done.enqueued})
+        return done.enqueued
 
     def run(self, stop: threading.Event) -> None:
         """Relay until ``stop`` is set: a full pass every ``NOTIFIER_DELIVERY_OUTBOX_INTERVAL``, and

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from notifier.store.delivery import Pool
+from notifier.store.delivery import Pool, UnusableRow, fail_row, read_rows, reason_for
 
 # A row the API enqueues itself (due within the horizon when accepted) is left to it for a grace
 # period: it marks the row enqueued just after.
@@ -54,10 +55,29 @@ FOR UPDATE SKIP LOCKED
 """  # noqa: S608 - composed of constants
 
 
+# Scheduled rows no driver could read once due: ``+infinity`` or past year 9999. Nothing the API
+# accepts lies there; a row written past it fails rather than wait for ever.
+_BEYOND = """
+SELECT id FROM notifications
+WHERE status = 'scheduled' AND send_at >= '9999-12-31T00:00:00Z'
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+_BEYOND_REASON = "send_at lies beyond year 9999, a time no driver can read: it will never be due"
+
+
 @dataclass(frozen=True)
 class Pending:
     id: uuid.UUID
     send_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What a pass did: how many it enqueued, and the notifications it failed instead, with why."""
+
+    enqueued: int
+    failed: dict[uuid.UUID, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,40 +104,63 @@ class Window:
         }
 
 
-Take = Callable[[Pool, Callable[[list[Pending]], None], Window], int]
+Take = Callable[[Pool, Callable[[list[Pending]], None], Window], Pass]
 
 
-def relay(pool: Pool, enqueue: Callable[[list[Pending]], None], window: Window) -> int:
-    """Everything due, never enqueued, lost or lapsed: see the module's docstring."""
-    return _take(pool, enqueue, window, (_DUE, _LAPSED))
+def relay(pool: Pool, enqueue: Callable[[list[Pending]], None], window: Window) -> Pass:
+    """Everything due, never enqueued, lost or lapsed: see the module's docstring. Scheduled
+    notifications beyond any time a driver can read are failed."""
+    return _take(pool, enqueue, window, (_DUE, _LAPSED), _BEYOND)
 
 
-def relay_scheduled(pool: Pool, enqueue: Callable[[list[Pending]], None], window: Window) -> int:
+def relay_scheduled(pool: Pool, enqueue: Callable[[list[Pending]], None], window: Window) -> Pass:
     """Scheduled notifications come within the horizon: an index range scan, whatever the backlog."""
     return _take(pool, enqueue, window, (_SCHEDULED,))
 
 
-def _take(pool: Pool, enqueue: Callable[[list[Pending]], None], window: Window, queries: tuple[str, ...]) -> int:
+def _take(
+    pool: Pool,
+    enqueue: Callable[[list[Pending]], None],
+    window: Window,
+    queries: tuple[str, ...],
+    beyond: str | None = None,
+) -> Pass:
     """In one transaction: lock what must be enqueued, ``enqueue`` it, mark it enqueued.
 
-    If ``enqueue`` raises, the transaction rolls back and the rows wait for the next pass.
+    A row that cannot be read (a ``send_at`` no driver can read, written past the API) is failed
+    with the reason, in the same transaction; the others go on. If ``enqueue`` raises, the
+    transaction rolls back and the rows wait for the next pass.
     """
     params = window.params()
+    failed: dict[uuid.UUID, str] = {}
     with pool.connection() as conn, conn.transaction():
-        found = [row for query in queries for row in conn.execute(query, params).fetchall()]
-        pending = [Pending(row["id"], row["send_at"]) for row in found]
+        pending: list[Pending] = []
+        for query in queries:
+            found, unreadable = read_rows(conn.execute(query, params), _pending)
+            pending += found
+            failed.update({i: reason_for("its row could not be read", exc) for i, exc in unreadable.items()})
+        if beyond is not None:
+            for found_row in conn.execute(beyond, params).fetchall():
+                failed[found_row["id"]] = _BEYOND_REASON
+        for notification_id, reason in list(failed.items()):
+            if not isinstance(error := fail_row(conn, notification_id, reason), UnusableRow):
+                failed[notification_id] = f"{reason}; and it could not be marked failed: {error}"
         if pending:
             enqueue(pending)
             conn.execute(
                 "UPDATE notifications SET enqueued_at = %s WHERE id = ANY(%s)", (window.now, [p.id for p in pending])
             )
-    return len(pending)
+    return Pass(len(pending), failed)
+
+
+def _pending(row: dict[str, Any]) -> Pending:
+    return Pending(row["id"], row["send_at"])
 
 
 _NEXT_DUE = """
 SELECT EXTRACT(EPOCH FROM send_at - %(horizon)s - now())::float AS wait
 FROM notifications
-WHERE status = 'scheduled' AND send_at > now() + %(horizon)s
+WHERE status = 'scheduled' AND send_at > now() + %(horizon)s AND send_at < 'infinity'
 ORDER BY send_at
 LIMIT 1
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -14,6 +15,11 @@ def _json(value: Any) -> Any:
     return msgspec.json.decode(value) if isinstance(value, str | bytes) else value
 
 
+def _at(value: datetime | None) -> datetime | None:
+    # asyncpg reads PostgreSQL's -infinity and infinity as datetime's extremes without an offset.
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 def notification(row: dict[str, Any]) -> Notification:
     return Notification(
         id=row["id"],
@@ -22,14 +28,14 @@ def notification(row: dict[str, Any]) -> Notification:
         subject=row["subject"],
         body=row["body"],
         metadata=_json(row["metadata"]),
-        send_at=row["send_at"],
+        send_at=_at(row["send_at"]),
         status=Status(row["status"]),
         attempts=row["attempts"],
         last_error=row["last_error"],
         idempotency_key=row["idempotency_key"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
-        sent_at=row["sent_at"],
+        sent_at=_at(row["sent_at"]),
         attempt_base=row.get("attempt_base", 0),
         rule_id=row.get("rule"),
         event_id=row.get("event"),
