@@ -8,6 +8,8 @@
     ├── IdempotencyConflict         the key was used before with a different request
     ├── InvalidTransition           the notification's status does not allow the change
     ├── ServiceUnavailable          PostgreSQL or Redis cannot be reached right now
+    │   └── GroupStalled            a worker's commit group did not answer in time
+    ├── UnusableRow                 a row no driver can read or write; it was failed instead
     └── DeliveryError               a channel could not deliver
         ├── TransientDeliveryError  worth another attempt (429/5xx, SMTP 4xx, connection errors)
         │   └── DeliveryTimeout     the provider did not answer in time
@@ -17,6 +19,8 @@
 """
 
 from __future__ import annotations
+
+import uuid
 
 
 class NotifierError(Exception):
@@ -106,3 +110,21 @@ class DeliveryTimeout(TransientDeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     outcome = "permanent_error"
+
+
+class GroupStalled(ServiceUnavailable):
+    """The group a call went in did not answer in time, or its leader was interrupted.
+
+    Whether its statement ran is unknown: a claim may have been made (the lease recovers it), an
+    outcome may have been recorded (recording it again changes nothing).
+    """
+
+
+class UnusableRow(NotifierError):
+    """A notification's row could not be read or written (a value out of the drivers' range, text
+    PostgreSQL refuses): the notification was marked ``failed`` with ``reason`` instead."""
+
+    def __init__(self, notification_id: uuid.UUID, reason: str) -> None:
+        super().__init__(f"notification {notification_id}: {reason}")
+        self.notification_id = notification_id
+        self.reason = reason

@@ -10,9 +10,9 @@ from typing import Literal
 
 from notifier.channels.base import Channel as ChannelImpl
 from notifier.domain import Channel, Notification, Status
-from notifier.errors import PermanentDeliveryError, TransientDeliveryError
+from notifier.errors import PermanentDeliveryError, TransientDeliveryError, UnusableRow
 from notifier.settings import DeliveryPolicy, Settings
-from notifier.store.delivery import Deliveries, Outcome, Pool, UnusableRow
+from notifier.store.delivery import Deliveries, Outcome, Pool
 
 logger = logging.getLogger("notifier.services")
 

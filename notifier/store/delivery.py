@@ -29,7 +29,7 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool
 
 from notifier.domain import Notification, Status, sources
-from notifier.errors import NotifierError, ServiceUnavailable
+from notifier.errors import GroupStalled, UnusableRow
 from notifier.store import rows
 
 Pool = ConnectionPool[Connection[DictRow]]
@@ -45,14 +45,6 @@ GROUP_SIZE = 64
 
 FOLLOWER_WAIT = 30.0
 """Seconds a thread waits for the group it joined before it gives up (:class:`GroupStalled`)."""
-
-
-class GroupStalled(ServiceUnavailable):
-    """The group a call went in did not answer in time, or its leader was interrupted.
-
-    Whether its statement ran is unknown: a claim may have been made (the lease recovers it), an
-    outcome may have been recorded (recording it again changes nothing).
-    """
 
 
 # The statements take their lists as one text parameter each (an array literal of ids, a JSON
@@ -147,16 +139,6 @@ def status_of(pool: Pool, notification_id: uuid.UUID) -> tuple[Status, float] | 
             (notification_id,),
         ).fetchone()
     return (Status(row["status"]), row["wait"] or 0.0) if row else None
-
-
-class UnusableRow(NotifierError):
-    """A notification's row could not be read or written (a value out of the drivers' range, text
-    PostgreSQL refuses): the notification was marked ``failed`` with ``reason`` instead."""
-
-    def __init__(self, notification_id: uuid.UUID, reason: str) -> None:
-        super().__init__(f"notification {notification_id}: {reason}")
-        self.notification_id = notification_id
-        self.reason = reason
 
 
 ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError)

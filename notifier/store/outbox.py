@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from notifier.store.delivery import Pool, UnusableRow, fail_row, read_rows, reason_for
+from notifier.errors import UnusableRow
+from notifier.store.delivery import Pool, fail_row, read_rows, reason_for
 
 # A row the API enqueues itself (due within the horizon when accepted) is left to it for a grace
 # period: it marks the row enqueued just after.

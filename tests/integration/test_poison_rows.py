@@ -18,11 +18,11 @@ from psycopg_pool import ConnectionPool
 
 from notifier.channels.memory import MemoryChannel
 from notifier.domain import Channel, Notification, Status
-from notifier.errors import PermanentDeliveryError
+from notifier.errors import PermanentDeliveryError, UnusableRow
 from notifier.services.delivery import Delivered, Dispatcher
 from notifier.services.relay import Relay
 from notifier.settings import Settings
-from notifier.store.delivery import Deliveries, Outcome, UnusableRow, claim_many
+from notifier.store.delivery import Deliveries, Outcome, claim_many
 from notifier.store.outbox import next_due
 
 

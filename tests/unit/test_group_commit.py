@@ -8,6 +8,7 @@ import time
 import pytest
 from dramatiq import threading as dramatiq_threading
 
+from notifier.errors import GroupStalled
 from notifier.store import delivery
 from notifier.store.delivery import Group
 
@@ -337,7 +338,7 @@ def test_a_follower_in_a_group_that_never_answers_gives_up_cleanly() -> None:
         waited = time.monotonic() - started
         gave_up = {i: a for i, a in answers.items()}
         assert len(gave_up) == 2, gave_up  # the two followers; their leader is the one stuck in run
-        assert all(isinstance(a, delivery.GroupStalled) for a in gave_up.values()), gave_up
+        assert all(isinstance(a, GroupStalled) for a in gave_up.values()), gave_up
         assert 0.5 <= waited < 3
     finally:
         never.set()
