@@ -35,7 +35,7 @@ def create_app(settings: Settings, broker: RedisBroker, enqueue: AsyncEnqueue, t
     asks for a scheduler tick."""
     configured = channels.configured(settings)
     service = Notifications(settings, enqueue, configured)
-    rules = Rules(configured, tick)
+    rules = Rules(configured, tick, budget=settings.template.render_budget)
     events = Events(service)
 
     @contextlib.asynccontextmanager
