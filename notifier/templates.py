@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import FrameType
@@ -102,6 +103,21 @@ def _bounded(value: Any) -> Any:
     """``value``, unless it would print as more than :data:`MAX_OUTPUT` characters."""
     if not isinstance(value, bool | float | type(None)) and _weight(value) > MAX_OUTPUT:
         raise SecurityError(f"values are limited to {MAX_OUTPUT} characters")
+    return value
+
+
+MAX_EMITTED = 16 * MAX_OUTPUT
+"""Characters all of a render's ``{{ … }}`` may produce, into blocks and macros included."""
+
+_render_state = threading.local()
+
+
+def _emit(value: Any) -> Any:
+    """Every ``{{ … }}`` value: bounded on its own, and counted against :data:`MAX_EMITTED`."""
+    size = _weight(_bounded(value))
+    _render_state.emitted = getattr(_render_state, "emitted", 0) + size
+    if _render_state.emitted > MAX_EMITTED:
+        raise SecurityError(f"a render may produce at most {MAX_EMITTED} characters, blocks and macros included")
     return value
 
 
@@ -388,7 +404,7 @@ class _Environment(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
 
-_env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_bounded)
+_env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_emit)
 _env.globals.pop("lipsum", None)
 _env.globals["range"] = _range
 _env.filters = {name: _guard(name, f) for name, f in _env.filters.items()}
@@ -438,6 +454,7 @@ def _stream(template: Template, context: dict[str, Any], budget: float) -> Itera
             raise _OverBudget
         return on_line
 
+    _render_state.emitted = 0
     previous = sys.gettrace()
     sys.settrace(on_call)
     try:

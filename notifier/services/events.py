@@ -31,7 +31,7 @@ from notifier.store import rules as rule_store
 logger = logging.getLogger("notifier.services.events")
 
 MAX_DATA_BYTES = 65_536
-RENDER_THREADS = 2
+RENDER_THREADS = 1
 """Renders of event rules at once: each holds the GIL while it runs, so few leave the API's loop free."""
 
 
@@ -61,7 +61,8 @@ def validate_event(new: NewEvent) -> None:
 class Events:
     """Events: each is stored with the notifications its rules make, rendered beforehand.
 
-    Rules' templates are rendered in worker threads, at most :data:`RENDER_THREADS` at once and
+    Rules' templates are rendered in a worker thread (one at a time: a render holds the GIL, and
+    more would slow the API's loop further), at most :data:`RENDER_THREADS` at once and
     each within the render budget, while no database connection is held: the rules are read,
     the connection goes back to the pool, the templates are rendered, and only then is the
     transaction opened that stores the event and its notifications.
