@@ -54,6 +54,9 @@ MAX_ROUND_PRECISION = 100
 DEFAULT_BUDGET = 0.05
 """Seconds one render may take; the composition root passes ``NOTIFIER_TEMPLATE_RENDER_BUDGET``."""
 
+YIELD_EVERY = 0.0005
+"""Seconds a render runs before it lets other threads take the GIL."""
+
 _TEXT = (str, bytes)
 
 
@@ -442,8 +445,17 @@ def _stream(template: Template, context: dict[str, Any], budget: float) -> Itera
     deadline = time.perf_counter() + budget
     clock = time.perf_counter
 
+    pause = clock() + YIELD_EVERY
+
     def on_line(frame: FrameType, event: str, arg: Any) -> Any:
-        if clock() > deadline:
+        nonlocal pause
+        moment = clock()
+        if moment > pause:
+            # A render is pure Python and holds the GIL; letting go of it now and then keeps the
+            # other threads (the API's event loop) answering while a long render runs.
+            time.sleep(0)
+            pause = moment + YIELD_EVERY
+        if moment > deadline:
             raise _OverBudget
         return on_line
 
