@@ -17,28 +17,27 @@ Every render is bounded twice over:
   (``format``, ``center``, ``indent``, ``wordwrap``, ``replace``, ``join``, ``urlize``,
   ``batch``, ``slice``, ``round``, ``sum``). Containers count by the text they would print as,
   so a list that repeats a long string is as large as the string repeated.
-* **Time.** A render has a budget (``NOTIFIER_TEMPLATE_RENDER_BUDGET``, 50 ms by default): a
-  per-thread trace function follows only the frames of compiled template code (filename
-  ``<template>``) and stops the render at its first line event past the deadline, so that
-  loops — empty ones included — end on time. Ranges hold at most :data:`MAX_RANGE` items and
+* **Time.** A render has a budget (``NOTIFIER_TEMPLATE_RENDER_BUDGET``, 50 ms by default),
+  checked at every step that can repeat: each iteration of a ``for`` loop (the compiled loop
+  iterates through :meth:`_Environment.budget_iter`, so empty loops count too), each call (macros,
+  methods, ``loop()`` of a recursive loop) and each filter. Without those a template is
+  straight-line code, as long as its source. Ranges hold at most :data:`MAX_RANGE` items and
   there is no ``lipsum``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from types import FrameType
 from typing import Any
 
-from jinja2 import ChainableUndefined, StrictUndefined, Template, TemplateSyntaxError
+from jinja2 import ChainableUndefined, StrictUndefined, Template, TemplateSyntaxError, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
-from jinja2.nodes import Concat
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
 from jinja2.utils import _PassArg
@@ -72,7 +71,7 @@ class TemplateBudgetError(TemplateRenderError):
 
 
 class _OverBudget(Exception):
-    """Raised inside a render by its tracer when the deadline has passed."""
+    """Raised inside a render at its first checkpoint past the deadline."""
 
 
 def _limit(what: str, size: object, bound: int = MAX_OUTPUT) -> None:
@@ -112,13 +111,35 @@ def _bounded(value: Any) -> Any:
 MAX_EMITTED = 16 * MAX_OUTPUT
 """Characters all of a render's ``{{ … }}`` may produce, into blocks and macros included."""
 
-_render_state = threading.local()
+
+class _RenderState(threading.local):
+    """The running render's deadline and counters, per thread (defaults: no render running)."""
+
+    deadline = math.inf
+    pause = math.inf
+    emitted = 0
+
+
+_render_state = _RenderState()
+
+
+def _checkpoint() -> None:
+    """Stop the render once past its deadline; now and then let other threads have the GIL."""
+    state = _render_state
+    moment = time.perf_counter()
+    if moment > state.pause:
+        # A render is pure Python and holds the GIL; letting go of it now and then keeps the
+        # other threads (the API's event loop) answering while a long render runs.
+        time.sleep(0)
+        state.pause = moment + YIELD_EVERY
+    if moment > state.deadline:
+        raise _OverBudget
 
 
 def _emit(value: Any) -> Any:
     """Every ``{{ … }}`` value: bounded on its own, and counted against :data:`MAX_EMITTED`."""
     size = _weight(_bounded(value))
-    _render_state.emitted = getattr(_render_state, "emitted", 0) + size
+    _render_state.emitted += size
     if _render_state.emitted > MAX_EMITTED:
         raise SecurityError(f"a render may produce at most {MAX_EMITTED} characters, blocks and macros included")
     return value
@@ -321,6 +342,7 @@ def _guard(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def guarded(*args: Any, **kwargs: Any) -> Any:
+        _checkpoint()
         value, *params = args[skip:]
         _bounded(value)
         if check is not None:
@@ -335,8 +357,26 @@ def _guard(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+def _budgeted(iterable: nodes.Node) -> nodes.Node:
+    """``iterable`` drawn through :meth:`_Environment.budget_iter` (an environment attribute,
+    so no name a template defines can stand in for it)."""
+    call = nodes.Call(nodes.EnvironmentAttribute("budget_iter"), [iterable], [], None, None)
+    return call.set_lineno(iterable.lineno)
+
+
+def _is_budgeted(iterable: nodes.Node) -> bool:
+    target = getattr(iterable, "node", None)
+    return isinstance(target, nodes.EnvironmentAttribute) and target.name == "budget_iter"
+
+
 class _CodeGenerator(CodeGenerator):
-    def visit_Concat(self, node: Concat, frame: Frame) -> None:  # noqa: N802 (Jinja's visitor name)
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:  # noqa: N802 (Jinja's visitor name)
+        """Every loop iterates through :meth:`_Environment.budget_iter`."""
+        if not _is_budgeted(node.iter):
+            node.iter = _budgeted(node.iter)
+        super().visit_For(node, frame)
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:  # noqa: N802 (Jinja's visitor name)
         """``a ~ b`` goes through :meth:`_Environment.concat_values`, which bounds it."""
         self.write("environment.concat_values((")
         for arg in node.nodes:
@@ -376,11 +416,18 @@ class _Environment(ImmutableSandboxedEnvironment):
             return _percent(left, right)
         return super().call_binop(context, operator, left, right)
 
+    def budget_iter(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        """What a ``for`` loop iterates: ``iterable``, with a budget check before each item."""
+        for item in iterable:
+            _checkpoint()
+            yield item
+
     def concat_values(self, values: tuple[Any, ...]) -> str:
         """``a ~ b ~ …``: each value as text, the total bounded."""
         return _concat(str(_bounded(value)) for value in values)
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        _checkpoint()
         args = _check_method(__obj, args, kwargs)
         return _bounded(super().call(__context, __obj, *args, **kwargs))
 
@@ -441,38 +488,14 @@ def check(field: str, source: str) -> None:
 
 
 def _stream(template: Template, context: dict[str, Any], budget: float) -> Iterator[str]:
-    """The template's output, under a tracer that raises :class:`_OverBudget` past the deadline."""
-    deadline = time.perf_counter() + budget
-    clock = time.perf_counter
-
-    pause = clock() + YIELD_EVERY
-
-    def on_line(frame: FrameType, event: str, arg: Any) -> Any:
-        nonlocal pause
-        moment = clock()
-        if moment > pause:
-            # A render is pure Python and holds the GIL; letting go of it now and then keeps the
-            # other threads (the API's event loop) answering while a long render runs.
-            time.sleep(0)
-            pause = moment + YIELD_EVERY
-        if moment > deadline:
-            raise _OverBudget
-        return on_line
-
-    def on_call(frame: FrameType, event: str, arg: Any) -> Any:
-        if frame.f_code.co_filename != "<template>":
-            return None
-        if clock() > deadline:
-            raise _OverBudget
-        return on_line
-
-    _render_state.emitted = 0
-    previous = sys.gettrace()
-    sys.settrace(on_call)
+    """The template's output, with this thread's render state set to ``budget`` from now."""
+    state = _render_state
+    started = time.perf_counter()
+    state.deadline, state.pause, state.emitted = started + budget, started + YIELD_EVERY, 0
     try:
         yield from template.generate(context)
     finally:
-        sys.settrace(previous)
+        state.deadline, state.pause = math.inf, math.inf
 
 
 def render(field: str, source: str, context: dict[str, Any], *, budget: float = DEFAULT_BUDGET) -> str:
@@ -500,7 +523,7 @@ def render(field: str, source: str, context: dict[str, Any], *, budget: float = 
     except SecurityError as exc:
         raise TemplateBudgetError(field, f"the template asked too much of the sandbox: {exc}") from None
     except Exception as exc:  # a template can raise anything its expressions can
-        if time.perf_counter() - started > budget:  # the tracer's exception, caught and replaced inside
+        if time.perf_counter() - started > budget:  # the budget's exception, caught and replaced inside
             raise TemplateBudgetError(field, over) from None
         raise TemplateRenderError(field, f"cannot render the template: {type(exc).__name__}: {exc}") from None
     return "".join(parts)

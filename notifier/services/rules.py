@@ -162,8 +162,8 @@ class RuleScheduler:
     slow template holds no lock and no connection), then written in a short transaction of its
     own that first checks the rule is unchanged (:func:`~notifier.store.firings.lock_unchanged`).
     A rule that cannot fire is logged and left for the next tick instead of holding up the others;
-    a firing whose notifications fail (a template over budget, a blank body, a broken row) counts
-    against the rule, and after :data:`~notifier.domain.rules.RULE_FAILURE_LIMIT` such firings in a
+    a firing whose notifications all fail (a template over budget, a blank body) counts against
+    the rule, and after :data:`~notifier.domain.rules.RULE_FAILURE_LIMIT` such firings in a
     row the rule is disabled, with the reason in ``disabled_reason``.
     """
 
@@ -196,7 +196,8 @@ class RuleScheduler:
             logger.exception("rule could not fire; it is retried at the next tick", extra={"rule_id": str(rule.id)})
             self._record_failure(rule, f"the rule could not fire: {type(exc).__name__}: {exc}")
             return 0
-        failure = next((m.failure for _, m in made if m.failure), None)
+        # A firing that made nothing counts against the rule; one bad recipient among good ones does not.
+        failure = made[0][1].failure if made and all(m.failure for _, m in made) else None
         try:
             with firing_store.transaction(self.pool) as conn:
                 if not firing_store.lock_unchanged(conn, rule):

@@ -47,7 +47,8 @@ def test_expensive_events_never_stall_other_requests(start_stack: StartStack, da
     assert statuses == [202] * 12
     latencies.sort()
     p99 = latencies[max(int(len(latencies) * 0.99) - 1, 0)]
-    assert p99 < 0.05, f"POST /notify p99 {p99 * 1000:.0f} ms over {len(latencies)} requests: {latencies}"
+    slowest = [round(x * 1000) for x in latencies[-5:]]
+    assert p99 < 0.05, f"POST /notify p99 {p99 * 1000:.0f} ms over {len(latencies)} requests; slowest {slowest} ms"
     failed = stack.client.get("/notifications", params={"rule_id": rule["id"], "limit": 50}).json()["items"]
     assert len(failed) == 12
     assert all(n["status"] == "failed" and "budget" in n["last_error"] for n in failed)

@@ -501,3 +501,22 @@ def test_a_blank_render_at_firing_fails_that_notification(client: Client, settin
     fired = _fired(pool, rule["id"])
     assert fired
     assert {(n["status"], n["last_error"]) for n in fired} == {("failed", "body: the template rendered an empty body")}
+
+
+def test_one_bad_recipient_never_disables_its_rule(client: Client, settings: Settings, pool: Pool) -> None:
+    bad = {"channel": "webhook", "recipients": ["https://audit.example/x", "{{ rule.name }}"]}  # not a URL
+    rule = client.post("/rules", json={**DAILY, **bad, "schedule": "* * * * *", "timezone": "UTC"}).json()
+    for minute in range(6):
+        _set_next(pool, rule["id"], datetime(2030, 6, 3, 10, 2 * minute + 1, tzinfo=UTC))
+        RuleScheduler(settings, pool).fire_due(datetime(2030, 6, 3, 10, 2 * minute, 30, tzinfo=UTC))
+    shown = client.get(f"/rules/{rule['id']}").json()
+    assert shown["enabled"] is True
+    assert shown["failures"] == 0
+    statuses = [n["status"] for n in _fired(pool, rule["id"])]
+    assert statuses.count("scheduled") == statuses.count("failed") > 0
+
+
+def test_the_rule_schema_shows_why_a_rule_was_disabled(client: Client) -> None:
+    schema = client.get("/schema/openapi.json").json()
+    rule = schema["components"]["schemas"]["Rule"]["properties"]
+    assert {"failures", "disabled_reason"} <= set(rule)
