@@ -61,9 +61,9 @@ def validate_event(new: NewEvent) -> None:
 class Events:
     """Events: each is stored with the notifications its rules make, rendered beforehand.
 
-    Rules' templates are rendered in a worker thread (one at a time: a render holds the GIL, and
-    more would slow the API's loop further), at most :data:`RENDER_THREADS` at once and
-    each within the render budget, while no database connection is held: the rules are read,
+    Rules' templates are rendered in worker threads, :data:`RENDER_THREADS` at a time (a render
+    holds the GIL, so more would slow the API's loop further) and each within the render
+    budget, while no database connection is held: the rules are read,
     the connection goes back to the pool, the templates are rendered, and only then is the
     transaction opened that stores the event and its notifications.
     """
