@@ -150,6 +150,18 @@ class SchedulerSettings(Group, frozen=True, kw_only=True):
     ] = 3600.0
 
 
+class TemplateSettings(Group, frozen=True, kw_only=True):
+    env_group: ClassVar[str] = "TEMPLATE"
+    render_budget: Annotated[
+        float,
+        _doc(
+            "Seconds one rule template may take to render (subject, body or a recipient); slower ones fail"
+            " with the reason, and are refused when a rule is saved."
+        ),
+        msgspec.Meta(gt=0, le=10),
+    ] = 0.05
+
+
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 
 
@@ -270,6 +282,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry: RetrySettings = RetrySettings()
     delivery: DeliverySettings = DeliverySettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    template: TemplateSettings = TemplateSettings()
     smtp: SmtpSettings = SmtpSettings()
     sms: SmsSettings = SmsSettings()
     webhook: WebhookSettings = WebhookSettings()

@@ -37,7 +37,7 @@ def create_app(settings: Settings, broker: RedisBroker, enqueue: AsyncEnqueue, t
     asks for a scheduler tick."""
     configured = channels.configured(settings)
     service = Notifications(settings, enqueue, configured)
-    rules = Rules(configured, tick, policy=service.policy)
+    rules = Rules(configured, tick, policy=service.policy, budget=settings.template.render_budget)
     events = Events(service)
 
     @contextlib.asynccontextmanager

@@ -13,6 +13,7 @@ import re
 import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import msgspec
 
@@ -36,6 +37,8 @@ from notifier.domain.notifications import (
 from notifier.errors import InvalidNotification
 
 MAX_RECIPIENTS = 1000
+RULE_FAILURE_LIMIT = 5
+"""Consecutive failed firings after which a schedule rule is disabled, with the reason."""
 EVENT_TYPE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}$")
 
 
@@ -68,6 +71,10 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime
     revision: int = 1
     """Counts changes to the rule; its firings' idempotency keys include it."""
+    failures: int = 0
+    """Consecutive firings that failed; at :data:`RULE_FAILURE_LIMIT` the scheduler disables the rule."""
+    disabled_reason: str | None = None
+    """Why the scheduler disabled the rule; cleared when it is enabled again."""
 
     def cron(self) -> CronSchedule:
         assert self.schedule is not None, "an event rule has no schedule"
@@ -255,18 +262,32 @@ def materialise(
     send_at: datetime | None,
     about: dict[str, Any] | None = None,
     policy: AddressPolicy = PUBLIC_ONLY,
+    budget: float = templates.DEFAULT_BUDGET,
 ) -> list[Materialised]:
-    """One notification per recipient, rendered against ``context``.
+    """One notification per recipient, rendered against ``context``, each template within ``budget``.
 
     ``metadata.rule`` records the rule (and ``about``, what the firing was); ``key`` makes the
     firing's idempotency keys: the same firing materialised twice (two
     schedulers, an event replayed) yields the same keys, which the database keeps unique. A
-    template that cannot be rendered, or a rendered recipient that is not valid for the channel
-    (a webhook URL ``policy`` refuses among them), yields a notification that fails with the
-    reason instead of one sent half-rendered.
+    template that cannot be rendered, one over its budget, a body that renders blank, or a
+    rendered recipient that is not valid for the channel (a webhook URL ``policy`` refuses among
+    them), yields a notification that fails with the reason instead of one sent half-rendered.
+    Subject and body are rendered once per firing (they see the same context for every
+    recipient); after one render over budget the firing's remaining recipients are not rendered
+    but fail with the same reason, so a firing costs at most a few budgets.
     """
     produced = []
     metadata = {**rule.metadata, "rule": {"id": str(rule.id), "name": rule.name, **(about or {})}}
+    shared: str | None = None
+    subject: str | None = None
+    body = ""
+    try:
+        subject = None if rule.subject is None else templates.render("subject", rule.subject, context, budget=budget)
+        body = templates.render("body", rule.body, context, budget=budget)
+        if not body.strip():
+            shared = "body: the template rendered an empty body"
+    except templates.TemplateRenderError as exc:
+        shared = str(exc)
     for i, template in enumerate(rule.recipients):
         digest = hashlib.sha256(template.encode()).hexdigest()[:16]
         base = NewNotification(
@@ -278,12 +299,60 @@ def materialise(
             metadata=metadata,
             idempotency_key=f"{key}:{digest}",
         )
+        if shared is not None:
+            produced.append(Materialised(notification=base, failure=shared))
+            continue
         try:
-            recipient = templates.render(f"recipients[{i}]", template, context)
-            subject = None if rule.subject is None else templates.render("subject", rule.subject, context)
-            body = templates.render("body", rule.body, context)
+            recipient = templates.render(f"recipients[{i}]", template, context, budget=budget)
             rendered = msgspec.structs.replace(base, recipient=recipient, subject=subject, body=body)
             produced.append(Materialised(notification=validate(rendered, policy)))
+        except templates.TemplateBudgetError as exc:
+            shared = str(exc)
+            produced.append(Materialised(notification=base, failure=shared))
         except (templates.TemplateRenderError, InvalidNotification) as exc:
             produced.append(Materialised(notification=base, failure=str(exc)))
     return produced
+
+
+SAMPLE_ID = "00000000-0000-4000-8000-000000000000"
+
+
+def sample_context(new: NewRule, *, now: datetime) -> dict[str, Any]:
+    """What a save-time test render sees: a schedule rule's real context at ``now``; for an event
+    rule, the event's fields and ``data`` as :class:`~notifier.templates.Sample`, where every key
+    exists, reads as ``sample`` and is false."""
+    if new.event is not None:
+        return {
+            "event": {"id": SAMPLE_ID, "type": new.event, "created_at": now.isoformat()},
+            "data": templates.Sample(name="data"),
+        }
+    local = now.astimezone(ZoneInfo(new.timezone))
+    return {
+        "rule": {"id": SAMPLE_ID, "name": new.name},
+        "fire_time": now.isoformat(),
+        "local_time": local.isoformat(),
+        "missed": 0,
+    }
+
+
+def check_renders(new: NewRule, *, now: datetime, budget: float) -> None:
+    """Test-render a (validated) rule against :func:`sample_context`, as it is saved.
+
+    Refuses, naming the field, a template over its budget (time, size or a sandbox bound) and a
+    body that renders blank. Other render errors (a missing key, a type error) may depend on the
+    data the rule will see, so they are left to fail the notification when it fires.
+    """
+    context = sample_context(new, now=now)
+    fields = [("subject", new.subject), ("body", new.body)]
+    fields += [(f"recipients[{i}]", r) for i, r in enumerate(new.recipients) if is_template(r)]
+    for field, source in fields:
+        if source is None:
+            continue
+        try:
+            output = templates.render(field, source, context, budget=budget)
+        except templates.TemplateBudgetError as exc:
+            raise InvalidNotification(field, exc.reason) from None
+        except templates.TemplateRenderError:
+            continue
+        if field == "body" and not output.strip():
+            raise InvalidNotification("body", "renders an empty body (tried on sample data)")

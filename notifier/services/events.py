@@ -31,6 +31,8 @@ from notifier.store import rules as rule_store
 logger = logging.getLogger("notifier.services.events")
 
 MAX_DATA_BYTES = 65_536
+RENDER_THREADS = 1
+"""Renders of event rules at once: each holds the GIL while it runs, so few leave the API's loop free."""
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,19 @@ def validate_event(new: NewEvent) -> None:
 
 
 class Events:
+    """Events: each is stored with the notifications its rules make, rendered beforehand.
+
+    Rules' templates are rendered in worker threads, :data:`RENDER_THREADS` at a time (a render
+    holds the GIL, so more would slow the API's loop further) and each within the render
+    budget, while no database connection is held: the rules are read,
+    the connection goes back to the pool, the templates are rendered, and only then is the
+    transaction opened that stores the event and its notifications.
+    """
+
     def __init__(self, notifications: Notifications) -> None:
         self.notifications = notifications
+        self.budget = notifications.settings.template.render_budget
+        self._limiter: anyio.CapacityLimiter | None = None
 
     async def publish(self, new: NewEvent) -> Published:
         """Store the event and its notifications in one transaction, then enqueue them.
@@ -67,23 +80,36 @@ class Events:
         already taken answers with what the first request produced.
         """
         validate_event(new)
+        if new.idempotency_key is not None and await store.get_by_idempotency_key(new.idempotency_key):
+            return await self._replay(new)
         current = now()
+        event_id = uuid.uuid4()
+        context: dict[str, Any] = {
+            "event": {"id": str(event_id), "type": new.type, "created_at": current.isoformat()},
+            "data": new.data,
+        }
+        rendered = []
+        for rule in await rule_store.for_event(new.type, now=current):
+            key = f"event:{event_id}:rule:{rule.id}"
+            made_all = await anyio.to_thread.run_sync(
+                functools.partial(
+                    materialise,
+                    rule,
+                    context=context,
+                    key=key,
+                    send_at=None,
+                    budget=self.budget,
+                    policy=self.notifications.policy,
+                ),
+                limiter=self._render_limiter(),
+            )
+            rendered.append((rule, made_all))
         async with store.transaction():  # type: ignore[attr-defined]
-            event = await store.insert(new, now=current)
+            event = await store.insert(new, now=current, event_id=event_id)
             if event is None:
                 return await self._replay(new)
             created: list[Notification] = []
-            context: dict[str, Any] = {
-                "event": {"id": str(event.id), "type": event.type, "created_at": event.created_at.isoformat()},
-                "data": event.data,
-            }
-            for rule in await rule_store.for_event(event.type, now=current):
-                key = f"event:{event.id}:rule:{rule.id}"
-                made_all = await anyio.to_thread.run_sync(
-                    functools.partial(
-                        materialise, rule, context=context, key=key, send_at=None, policy=self.notifications.policy
-                    )
-                )
+            for rule, made_all in rendered:
                 for made in made_all:
                     stored = await notification_store.insert(
                         made.notification,
@@ -102,6 +128,11 @@ class Events:
                         )
         await self.notifications.enqueue_due([n for n in created if n.status is Status.QUEUED], current)
         return Published(event, created, created=True)
+
+    def _render_limiter(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:  # created on first use, inside the event loop
+            self._limiter = anyio.CapacityLimiter(RENDER_THREADS)
+        return self._limiter
 
     async def _replay(self, new: NewEvent) -> Published:
         assert new.idempotency_key is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -10,10 +11,12 @@ from zoneinfo import ZoneInfo
 
 import anyio.to_thread
 
+from notifier import templates
 from notifier.channels import check_configured
 from notifier.cron import CronSchedule
 from notifier.domain import (
     Channel,
+    Materialised,
     NewRule,
     Rule,
     RulePatch,
@@ -24,7 +27,8 @@ from notifier.domain import (
     validate_rule,
 )
 from notifier.domain.addresses import PUBLIC_ONLY, AddressPolicy
-from notifier.errors import InvalidNotification, RuleNotFound
+from notifier.domain.rules import RULE_FAILURE_LIMIT, check_renders
+from notifier.errors import InvalidNotification, RuleNotFound, ServiceUnavailable
 from notifier.services import now
 from notifier.settings import Settings
 from notifier.store import firings as firing_store
@@ -37,6 +41,10 @@ MAX_PREVIEW = 1000
 LATE_AFTER = timedelta(seconds=60)
 """A firing further than one tick in the past was missed (nothing ran), not merely late."""
 RULES_PER_TICK = 200
+UPDATE_ATTEMPTS = 5
+
+Made = tuple[datetime, Materialised]
+"""A notification a firing made, with the firing's time."""
 
 
 def _next_fire_at(new: NewRule, current: datetime) -> datetime | None:
@@ -59,11 +67,17 @@ class Rules:
     """
 
     def __init__(
-        self, configured: frozenset[Channel], nudge: Callable[[], None], *, policy: AddressPolicy = PUBLIC_ONLY
+        self,
+        configured: frozenset[Channel],
+        nudge: Callable[[], None],
+        *,
+        policy: AddressPolicy = PUBLIC_ONLY,
+        budget: float = templates.DEFAULT_BUDGET,
     ) -> None:
         self.configured = configured
         self._nudge = nudge
         self.policy = policy
+        self.budget = budget
 
     async def nudge(self) -> None:
         try:
@@ -76,9 +90,14 @@ class Rules:
         check_configured(new.channel, self.configured)
         return new
 
+    async def _check_renders(self, new: NewRule, current: datetime) -> None:
+        """Test-render the templates in a thread, holding no database connection."""
+        await anyio.to_thread.run_sync(functools.partial(check_renders, new, now=current, budget=self.budget))
+
     async def create(self, new: NewRule) -> Rule:
         new = self._check(new)
         current = now()
+        await self._check_renders(new, current)
         rule = await store.insert(new, next_fire_at=_next_fire_at(new, current), now=current)
         if rule.next_fire_at is not None:
             await self.nudge()
@@ -94,14 +113,24 @@ class Rules:
         return await store.page(after=after, limit=limit, enabled=enabled)
 
     async def update(self, rule_id: uuid.UUID, patch: RulePatch) -> Rule:
-        current = now()
-        async with store.transaction():
-            rule = await store.get_for_update(rule_id)  # a concurrent change waits for this one
-            if rule is None:
-                raise RuleNotFound(rule_id)
+        """Apply ``patch``; the templates are test-rendered before the rule is locked, and the
+        change is written only if no other change came in between (else it is tried again)."""
+        for _ in range(UPDATE_ATTEMPTS):
+            current = now()
+            rule = await self.get(rule_id)
             new = self._check(patch.apply(rule))
-            await store.cancel_planned(rule_id, now=current)
-            updated = await store.update(rule_id, new, next_fire_at=_next_fire_at(new, current), now=current)
+            await self._check_renders(new, current)
+            async with store.transaction():
+                locked = await store.get_for_update(rule_id)  # a concurrent change waits for this one
+                if locked is None:
+                    raise RuleNotFound(rule_id)
+                if locked.revision != rule.revision:
+                    continue
+                await store.cancel_planned(rule_id, now=current)
+                updated = await store.update(rule_id, new, next_fire_at=_next_fire_at(new, current), now=current)
+            break
+        else:
+            raise ServiceUnavailable("the rule kept changing while this change was checked; try again")
         assert updated is not None
         if updated.next_fire_at is not None:
             await self.nudge()
@@ -136,9 +165,13 @@ class Rules:
 class RuleScheduler:
     """The scheduler tick's use case: turn the due firings of schedule rules into notifications.
 
-    Rules are taken in batches, each in its own transaction, until none is due; each rule fires
-    inside a savepoint, so one that cannot fire is logged and left for the next tick instead of
-    holding up the others.
+    Due rules are read in batches; each is planned and rendered with no transaction open (so a
+    slow template holds no lock and no connection), then written in a short transaction of its
+    own that first checks the rule is unchanged (:func:`~notifier.store.firings.lock_unchanged`).
+    A rule that cannot fire is logged and left for the next tick instead of holding up the others;
+    a firing whose notifications all fail (a template over budget, a blank body) counts against
+    the rule, and after :data:`~notifier.domain.rules.RULE_FAILURE_LIMIT` such firings in a
+    row the rule is disabled, with the reason in ``disabled_reason``.
     """
 
     def __init__(self, settings: Settings, pool: Pool) -> None:
@@ -151,26 +184,65 @@ class RuleScheduler:
         current = current or now()
         horizon = current + timedelta(seconds=self.settings.scheduler.lookahead)
         created = 0
-        broken: set[uuid.UUID] = set()
+        seen: set[uuid.UUID] = set()
         while True:
             with firing_store.transaction(self.pool) as conn:
-                due = firing_store.due_rules(conn, horizon=horizon, limit=RULES_PER_TICK, exclude=broken)
-                for rule in due:
-                    try:
-                        with conn.transaction():
-                            created += self._fire(conn, rule, current)
-                    except Exception:
-                        broken.add(rule.id)
-                        logger.exception(
-                            "rule could not fire; it is retried at the next tick", extra={"rule_id": str(rule.id)}
-                        )
+                due = firing_store.due_rules(conn, horizon=horizon, limit=RULES_PER_TICK, exclude=seen)
+            for rule in due:
+                seen.add(rule.id)
+                created += self._fire(rule, current)
             if len(due) < RULES_PER_TICK:
                 break
         if created:
             logger.info("rules fired", extra={"notifications": created})
         return created
 
-    def _fire(self, conn: firing_store.Connection, rule: Rule, current: datetime) -> int:
+    def _fire(self, rule: Rule, current: datetime) -> int:
+        try:
+            next_fire_at, made = self._materialise(rule, current)
+        except Exception as exc:
+            logger.exception("rule could not fire; it is retried at the next tick", extra={"rule_id": str(rule.id)})
+            self._record_failure(rule, f"the rule could not fire: {type(exc).__name__}: {exc}")
+            return 0
+        # A firing that made nothing counts against the rule; one bad recipient among good ones does not.
+        failure = made[0][1].failure if made and all(m.failure for _, m in made) else None
+        try:
+            with firing_store.transaction(self.pool) as conn:
+                if not firing_store.lock_unchanged(conn, rule):
+                    return 0  # changed, deleted or taken by another tick while it rendered
+                created = 0
+                for _, m in made:
+                    status = Status.FAILED if m.failure else Status.SCHEDULED
+                    created += firing_store.insert_notification(
+                        conn, m.notification, status=status, last_error=m.failure, rule_id=rule.id
+                    )
+                firing_store.set_next_fire_at(conn, rule.id, next_fire_at)
+                disabled = firing_store.record_outcome(conn, rule.id, failure=failure, limit=RULE_FAILURE_LIMIT)
+        except Exception as exc:
+            logger.exception("rule could not fire; it is retried at the next tick", extra={"rule_id": str(rule.id)})
+            self._record_failure(rule, f"the rule could not fire: {type(exc).__name__}: {exc}")
+            return 0
+        for at in sorted({at for at, m in made if m.failure}):
+            reason = next(m.failure for fired, m in made if fired == at and m.failure)
+            logger.error(
+                "rule firing failed", extra={"rule_id": str(rule.id), "fire_time": at.isoformat(), "error": reason}
+            )
+        if disabled:
+            logger.error(
+                "rule disabled after repeated failed firings", extra={"rule_id": str(rule.id), "error": failure}
+            )
+        return created
+
+    def _record_failure(self, rule: Rule, failure: str) -> None:
+        try:
+            with firing_store.transaction(self.pool) as conn:
+                if firing_store.lock_unchanged(conn, rule):
+                    firing_store.record_outcome(conn, rule.id, failure=failure, limit=RULE_FAILURE_LIMIT)
+        except Exception:
+            logger.exception("could not record the rule's failed firing", extra={"rule_id": str(rule.id)})
+
+    def _materialise(self, rule: Rule, current: datetime) -> tuple[datetime | None, list[Made]]:
+        """The rule's next ``next_fire_at`` and the notifications of its due firings, rendered."""
         assert rule.next_fire_at is not None
         scheduler = self.settings.scheduler
         planned, next_fire_at = plan_firings(
@@ -184,7 +256,7 @@ class RuleScheduler:
             ends_at=rule.ends_at,
         )
         zone = ZoneInfo(rule.timezone)
-        created = 0
+        made: list[Made] = []
         for firing in planned:
             context = {
                 "rule": {"id": str(rule.id), "name": rule.name},
@@ -194,15 +266,9 @@ class RuleScheduler:
             }
             key = f"rule:{rule.id}:r{rule.revision}:{firing.at:%Y%m%dT%H%M%SZ}"
             about = {"fire_time": firing.at.isoformat(), **({"missed": firing.missed} if firing.missed else {})}
-            for made in materialise(rule, context=context, key=key, send_at=firing.at, about=about, policy=self.policy):
-                status = Status.FAILED if made.failure else Status.SCHEDULED
-                created += firing_store.insert_notification(
-                    conn, made.notification, status=status, last_error=made.failure, rule_id=rule.id
-                )
-                if made.failure:
-                    logger.error(
-                        "rule firing failed",
-                        extra={"rule_id": str(rule.id), "fire_time": firing.at.isoformat(), "error": made.failure},
-                    )
-        firing_store.set_next_fire_at(conn, rule.id, next_fire_at)
-        return created
+            budget = self.settings.template.render_budget
+            for m in materialise(
+                rule, context=context, key=key, send_at=firing.at, about=about, budget=budget, policy=self.policy
+            ):
+                made.append((firing.at, m))
+        return next_fire_at, made

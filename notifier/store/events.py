@@ -14,10 +14,10 @@ from notifier.store.tables import EventTable
 E = EventTable
 
 
-async def insert(new: NewEvent, *, now: datetime) -> Event | None:
-    """Store an event; ``None`` when its idempotency key is taken already."""
+async def insert(new: NewEvent, *, now: datetime, event_id: uuid.UUID | None = None) -> Event | None:
+    """Store an event (under ``event_id`` if given); ``None`` when its idempotency key is taken already."""
     row = E(
-        id=uuid.uuid4(),
+        id=event_id or uuid.uuid4(),
         type=new.type,
         data=msgspec.json.encode(new.data).decode(),
         idempotency_key=new.idempotency_key,

@@ -1,9 +1,11 @@
 """Sync queries for the scheduler tick (psycopg): due schedule rules and the notifications they fire.
 
-Rules are taken ``FOR UPDATE SKIP LOCKED``, so two ticks at once (two schedulers, a rolling
-deploy) share the rules instead of both firing one; and every notification a firing creates has a
-deterministic idempotency key that the database keeps unique, so even a firing planned twice
-creates its notifications once.
+A tick reads the due rules without keeping them locked, renders their firings with no
+transaction open, then takes each rule ``FOR UPDATE SKIP LOCKED`` only while it writes that rule's
+notifications (:func:`lock_unchanged`): a ``PATCH`` or ``DELETE`` of a rule never waits on a slow
+render, and two ticks at once (two schedulers, a rolling deploy) share the rules instead of both
+firing one. Every notification a firing creates has a deterministic idempotency key that the
+database keeps unique, so even a firing planned twice creates its notifications once.
 """
 
 from __future__ import annotations
@@ -28,7 +30,22 @@ SELECT * FROM rules
 WHERE enabled AND schedule IS NOT NULL AND next_fire_at <= %(horizon)s AND NOT (id = ANY(%(exclude)s))
 ORDER BY next_fire_at
 LIMIT %(limit)s
+"""
+
+_LOCK_UNCHANGED = """
+SELECT id FROM rules
+WHERE id = %(id)s AND revision = %(revision)s AND enabled AND next_fire_at = %(next_fire_at)s
 FOR UPDATE SKIP LOCKED
+"""
+
+_RECORD_FAILURE = """
+UPDATE rules SET failures = failures + 1,
+    enabled = CASE WHEN failures + 1 >= %(limit)s THEN false ELSE enabled END,
+    next_fire_at = CASE WHEN failures + 1 >= %(limit)s THEN NULL ELSE next_fire_at END,
+    disabled_reason = CASE WHEN failures + 1 >= %(limit)s THEN %(reason)s ELSE disabled_reason END,
+    updated_at = now()
+WHERE id = %(id)s
+RETURNING NOT enabled AS disabled
 """
 
 _INSERT = """
@@ -47,6 +64,7 @@ def transaction(pool: Pool) -> Iterator[Connection]:
 
 
 def due_rules(conn: Connection, *, horizon: datetime, limit: int, exclude: Collection[uuid.UUID] = ()) -> list[Rule]:
+    """The schedule rules due by ``horizon``, soonest first; read, not locked."""
     params = {"horizon": horizon, "limit": limit, "exclude": list(exclude)}
     return [rows.rule(row) for row in conn.execute(_DUE_RULES, params).fetchall()]
 
@@ -76,3 +94,21 @@ def insert_notification(
 
 def set_next_fire_at(conn: Connection, rule_id: uuid.UUID, next_fire_at: datetime | None) -> None:
     conn.execute("UPDATE rules SET next_fire_at = %s, updated_at = now() WHERE id = %s", (next_fire_at, rule_id))
+
+
+def lock_unchanged(conn: Connection, rule: Rule) -> bool:
+    """Lock the rule for this transaction if it is still as ``rule`` read it (same revision, still
+    enabled, same ``next_fire_at``) and no one else holds it; ``False`` means leave it alone."""
+    params = {"id": rule.id, "revision": rule.revision, "next_fire_at": rule.next_fire_at}
+    return conn.execute(_LOCK_UNCHANGED, params).fetchone() is not None
+
+
+def record_outcome(conn: Connection, rule_id: uuid.UUID, *, failure: str | None, limit: int) -> bool:
+    """Count a failed firing (or reset the count after a good one); at ``limit`` consecutive
+    failures the rule is disabled with ``failure`` as the reason. ``True`` when it was disabled."""
+    if failure is None:
+        conn.execute("UPDATE rules SET failures = 0 WHERE id = %s AND failures <> 0", (rule_id,))
+        return False
+    reason = f"disabled after {limit} consecutive failed firings; the last: {failure}"
+    row = conn.execute(_RECORD_FAILURE, {"id": rule_id, "limit": limit, "reason": reason}).fetchone()
+    return bool(row and row["disabled"])

@@ -60,6 +60,8 @@ def rule(row: dict[str, Any]) -> Rule:
         misfire=Misfire(row["misfire"]),
         next_fire_at=row["next_fire_at"],
         revision=row["revision"],
+        failures=row.get("failures", 0),
+        disabled_reason=row.get("disabled_reason"),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )

@@ -62,6 +62,9 @@ async def update(rule_id: uuid.UUID, new: NewRule, *, next_fire_at: datetime | N
     values[R.updated_at] = now
     values[R.next_fire_at] = next_fire_at
     values[R.revision] = R.revision + 1
+    values[R.failures] = 0
+    if new.enabled:
+        values[R.disabled_reason] = None
     updated = await R.update(values).where(R.id == rule_id).returning(*R.all_columns())
     return rows.rule(updated[0]) if updated else None
 

@@ -39,6 +39,10 @@ class RuleTable(Table, tablename="rules"):
     """The next firing not yet turned into notifications; null for event rules and ended schedules."""
     revision = Integer(default=1)
     """Counts changes; part of the firings' idempotency keys, so a changed rule plans afresh."""
+    failures = Integer(default=0)
+    """Consecutive firings that failed; at ``RULE_FAILURE_LIMIT`` the tick disables the rule."""
+    disabled_reason = Text(null=True, default=None)
+    """Why the tick disabled the rule; cleared when it is enabled again."""
     created_at = Timestamptz(default=TimestamptzNow())
     updated_at = Timestamptz(default=TimestamptzNow())
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
@@ -370,3 +372,151 @@ def test_preview_past_the_supported_dates_is_refused(client: Client) -> None:
 def test_event_idempotency_header_is_bounded(client: Client) -> None:
     response = client.post("/events", json={"type": "x.y", "data": {}}, headers={"Idempotency-Key": "k" * 300})
     assert fields(response) == ["Idempotency-Key"]  # as POST /notify names the header it refuses
+
+
+SLOW = (
+    "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(20) %}{% endfor %}{% endfor %}{% endfor %}"
+)
+BLANK = "{% if missed > 99 %}catch-up{% endif %}"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"body": SLOW}, "body", "budget"),
+        ({"subject": "{{ 'x'.ljust(50000000) }}"}, "subject", "ljust"),
+        ({"recipients": ["ops", "{{ '%*s'|format(30000000, 'x') }}"]}, "recipients[1]", "width"),
+        ({"body": BLANK}, "body", "empty body"),
+        ({"body": "{{ '   ' }}"}, "body", "empty body"),
+        ({"event": "order.shipped", "schedule": None, "body": "{% if data.urgent %}now{% endif %}"}, "body", "empty"),
+    ],
+)
+def test_templates_over_budget_or_blank_are_refused_at_save(
+    client: Client, change: dict[str, Any], field: str, words: str
+) -> None:
+    response = client.post("/rules", json={**DAILY, **change})
+    assert fields(response) == [field]
+    assert words in response.json()["errors"][0]["message"]
+    rule = client.post("/rules", json=DAILY).json()
+    patched = client.patch(f"/rules/{rule['id']}", json=change)
+    assert fields(patched) == [field]
+
+
+def test_event_rules_are_test_rendered_on_sample_data(client: Client) -> None:
+    ok = client.post("/rules", json={**SHIPPED, "body": "Order {{ data.order.id }} for {{ data.customer.name }}"})
+    assert ok.status_code == 201, ok.text  # missing keys are the event's business, not the rule's
+
+
+def _slow_rule(client: Client, pool: Pool, at: datetime, name: str = "slow") -> dict[str, Any]:
+    rule = client.post("/rules", json={**DAILY, "name": name, "schedule": "* * * * *", "timezone": "UTC"}).json()
+    with pool.connection() as conn:  # saved before templates were test-rendered at save
+        conn.execute("UPDATE rules SET body = %s WHERE id = %s", (SLOW, rule["id"]))
+    _set_next(pool, rule["id"], at)
+    return rule
+
+
+def _tick(settings: Settings, pool: Pool, now: datetime, bound: float = 10.0) -> int:
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(RuleScheduler(settings, pool).fire_due(now)), daemon=True)
+    thread.start()
+    thread.join(bound)
+    assert not thread.is_alive(), f"the tick did not finish within {bound} s"
+    return result[0]
+
+
+def test_a_rule_over_budget_fails_its_firing_and_the_tick_goes_on(
+    client: Client, settings: Settings, pool: Pool
+) -> None:
+    now = datetime(2030, 6, 3, 10, 0, 30, tzinfo=UTC)
+    first = datetime(2030, 6, 3, 10, 1, tzinfo=UTC)
+    slow = _slow_rule(client, pool, first)
+    good = client.post("/rules", json={**DAILY, "name": "good", "schedule": "* * * * *", "timezone": "UTC"}).json()
+    _set_next(pool, good["id"], first)
+    assert _tick(settings, pool, now) == 4  # two firings (10:01, 10:02) of each rule
+    assert {n["status"] for n in _fired(pool, good["id"])} == {"scheduled"}
+    failed = _fired(pool, slow["id"])
+    assert {n["status"] for n in failed} == {"failed"}
+    assert all("budget of 50 ms" in n["last_error"] for n in failed)
+    shown = client.get(f"/rules/{slow['id']}").json()
+    assert shown["enabled"] is True
+    assert shown["failures"] == 1
+    assert shown["disabled_reason"] is None
+
+
+def test_a_rule_that_fails_repeatedly_is_disabled_with_the_reason(
+    client: Client, settings: Settings, pool: Pool
+) -> None:
+    slow = _slow_rule(client, pool, datetime(2030, 6, 3, 10, 1, tzinfo=UTC))
+    for minute in range(5):
+        _tick(settings, pool, datetime(2030, 6, 3, 10, 2 * minute, 30, tzinfo=UTC))
+    shown = client.get(f"/rules/{slow['id']}").json()
+    assert shown["enabled"] is False
+    assert shown["next_fire_at"] is None
+    assert "5 consecutive failed firings" in shown["disabled_reason"]
+    assert "budget of 50 ms" in shown["disabled_reason"]
+    assert client.patch(f"/rules/{slow['id']}", json={"enabled": True}).status_code == 422  # still over budget
+    fixed = client.patch(f"/rules/{slow['id']}", json={"enabled": True, "body": "fine now"}).json()
+    assert fixed["enabled"] is True
+    assert fixed["disabled_reason"] is None
+    assert fixed["failures"] == 0
+
+
+@pytest.mark.parametrize("method", ["delete", "patch"])
+def test_a_slow_firing_never_holds_up_a_change_of_its_rule(
+    client: Client, settings: Settings, pool: Pool, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    from notifier import templates
+    from notifier.settings import TemplateSettings
+
+    slow = _slow_rule(client, pool, datetime.now(UTC) + timedelta(seconds=30))
+    rendering = threading.Event()
+    render = templates.render
+
+    def observed(*args: Any, **kwargs: Any) -> str:
+        rendering.set()
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(templates, "render", observed)
+    patient = msgspec.structs.replace(settings, template=TemplateSettings(render_budget=1.5))
+    tick = threading.Thread(target=lambda: RuleScheduler(patient, pool).fire_due(), daemon=True)
+    tick.start()
+    assert rendering.wait(10), "the tick never rendered"
+    started = time.perf_counter()
+    if method == "delete":
+        assert client.delete(f"/rules/{slow['id']}").status_code == 204
+    else:
+        assert client.patch(f"/rules/{slow['id']}", json={"body": "changed"}).status_code == 200
+    assert time.perf_counter() - started < 1.0
+    tick.join(15)
+    assert not tick.is_alive()
+    assert all(n["status"] != "scheduled" for n in _fired(pool, slow["id"]))  # the stale render was not written
+
+
+def test_a_blank_render_at_firing_fails_that_notification(client: Client, settings: Settings, pool: Pool) -> None:
+    rule = client.post("/rules", json={**DAILY, "schedule": "* * * * *", "timezone": "UTC"}).json()
+    with pool.connection() as conn:  # saved before bodies were test-rendered at save
+        conn.execute("UPDATE rules SET body = %s WHERE id = %s", (BLANK, rule["id"]))
+    _set_next(pool, rule["id"], datetime(2030, 6, 3, 10, 1, tzinfo=UTC))
+    RuleScheduler(settings, pool).fire_due(datetime(2030, 6, 3, 10, 0, 30, tzinfo=UTC))
+    fired = _fired(pool, rule["id"])
+    assert fired
+    assert {(n["status"], n["last_error"]) for n in fired} == {("failed", "body: the template rendered an empty body")}
+
+
+def test_one_bad_recipient_never_disables_its_rule(client: Client, settings: Settings, pool: Pool) -> None:
+    bad = {"channel": "webhook", "recipients": ["https://audit.example/x", "{{ rule.name }}"]}  # not a URL
+    rule = client.post("/rules", json={**DAILY, **bad, "schedule": "* * * * *", "timezone": "UTC"}).json()
+    for minute in range(6):
+        _set_next(pool, rule["id"], datetime(2030, 6, 3, 10, 2 * minute + 1, tzinfo=UTC))
+        RuleScheduler(settings, pool).fire_due(datetime(2030, 6, 3, 10, 2 * minute, 30, tzinfo=UTC))
+    shown = client.get(f"/rules/{rule['id']}").json()
+    assert shown["enabled"] is True
+    assert shown["failures"] == 0
+    statuses = [n["status"] for n in _fired(pool, rule["id"])]
+    assert statuses.count("scheduled") == statuses.count("failed") > 0
+
+
+def test_the_rule_schema_shows_why_a_rule_was_disabled(client: Client) -> None:
+    schema = client.get("/schema/openapi.json").json()
+    rule = schema["components"]["schemas"]["Rule"]["properties"]
+    assert {"failures", "disabled_reason"} <= set(rule)

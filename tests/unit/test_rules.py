@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from notifier.cron import CronSchedule
-from notifier.domain import Channel, Firing, Misfire, NewRule, plan_firings, validate_rule
+from notifier.domain import Channel, Firing, Misfire, NewRule, Rule, materialise, plan_firings, validate_rule
+from notifier.domain.rules import check_renders
 from notifier.errors import InvalidNotification
 
 MINUTE = timedelta(minutes=1)
@@ -140,3 +144,40 @@ def test_a_year_long_outage_is_skipped_not_stepped_through() -> None:
     # Only the firings inside the grace window count; the year before it is dropped wholesale.
     assert firings[0] == Firing(datetime(2031, 1, 1, 11, 59, tzinfo=UTC), missed=9)
     assert following == datetime(2031, 1, 1, 12, 3, tzinfo=UTC)
+
+
+def _rule(**kw: object) -> Rule:
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    fields: dict[str, object] = {
+        "id": uuid.uuid4(), "name": "r", "schedule": "@daily", "event": None, "timezone": "UTC", "starts_at": None,
+        "ends_at": None, "channel": Channel.LOG, "recipients": ["a", "b"], "subject": None, "body": "b",
+        "metadata": {}, "enabled": True, "misfire": Misfire.ONCE, "next_fire_at": now, "created_at": now,
+        "updated_at": now, **kw,
+    }  # fmt: skip
+    return Rule(**fields)  # type: ignore[arg-type]
+
+
+def test_a_blank_render_fails_every_notification_of_the_firing() -> None:
+    made = materialise(_rule(body="{% if missed %}late{% endif %}  "), context={"missed": 0}, key="k", send_at=None)
+    assert [m.failure for m in made] == ["body: the template rendered an empty body"] * 2
+
+
+def test_after_one_render_over_budget_the_firing_renders_no_more() -> None:
+    slow = "{% for a in range(1000) %}{% for b in range(1000) %}{% endfor %}{% endfor %}"
+    rule = _rule(recipients=[slow, slow, slow, "c"])
+    started = time.perf_counter()
+    made = materialise(rule, context={}, key="k", send_at=None, budget=0.05)
+    assert time.perf_counter() - started < 0.5
+    assert all(m.failure and "budget of 50 ms" in m.failure for m in made)
+
+
+def test_save_time_renders_refuse_what_is_over_budget_or_blank() -> None:
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    check_renders(RULE, now=now, budget=0.05)
+    with pytest.raises(InvalidNotification) as caught:
+        check_renders(msgspec.structs.replace(RULE, subject="{{ 'x'.ljust(10**8) }}"), now=now, budget=0.05)
+    assert caught.value.field == "subject"
+    event_rule = msgspec.structs.replace(RULE, schedule=None, event="order.shipped", body="{{ data.a.b }}")
+    check_renders(event_rule, now=now, budget=0.05)  # sample data: every key exists
+    with pytest.raises(InvalidNotification, match="empty body"):
+        check_renders(msgspec.structs.replace(event_rule, body="{{ data.a|default('') }}"), now=now, budget=0.05)
