@@ -155,6 +155,22 @@ def test_a_scheduled_row_no_driver_can_read_fails_and_next_due_still_answers(
     assert state(pool, later)[0] == "scheduled"
 
 
+@pytest.mark.parametrize("status", ["queued", "retrying"])
+def test_a_waiting_row_due_at_infinity_fails_whatever_its_status(
+    settings: Settings, pool: ConnectionPool, status: str
+) -> None:
+    """A queued or retrying row is never due at ``infinity`` either: it fails rather than wait."""
+    poisoned = insert(pool, send_at="infinity", status=status)
+    normal = insert(pool, send_at=datetime.now(UTC).isoformat(), status=status)
+    enqueued = Enqueued()
+    assert Relay(settings, pool, enqueued).relay_once() == 1
+    assert enqueued.ids == [normal]
+    status_now, reason = state(pool, poisoned)
+    assert status_now == "failed"
+    assert reason is not None
+    assert "beyond year 9999" in reason
+
+
 def test_the_relays_scheduled_pass_fails_an_unreadable_row_too(settings: Settings, pool: ConnectionPool) -> None:
     normal = insert(pool, send_at=datetime.now(UTC).isoformat())
     poisoned = insert(pool, send_at="-infinity")
