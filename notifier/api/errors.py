@@ -316,7 +316,8 @@ _RESPONSE_DESCRIPTIONS = {
 
 def problems(*statuses: int) -> dict[int, ResponseSpec]:
     """The problem+json responses an operation declares in the OpenAPI document. Every operation
-    behind an API key can answer 401 and 503, and every one that takes parameters 400."""
+    behind an API key can answer 401 and 503, every one that takes parameters 400, and every one
+    422 (an unknown query parameter is refused on any route)."""
     return {
         status: ResponseSpec(
             data_container=Problem,
@@ -324,7 +325,7 @@ def problems(*statuses: int) -> dict[int, ResponseSpec]:
             description=_RESPONSE_DESCRIPTIONS[status],
             generate_examples=False,
         )
-        for status in sorted({400, 401, 503, *statuses})
+        for status in sorted({400, 401, 422, 503, *statuses})
     }
 
 
