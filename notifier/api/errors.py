@@ -181,6 +181,12 @@ def _join(key: str, sub: str) -> str:
 
 def _field_error(key: str, message: str) -> FieldError:
     """One msgspec complaint about ``key`` (``data`` is the body) as a field and a readable message."""
+    field, message = _locate(key, message)
+    return FieldError(field=field or "body", message=message)
+
+
+def _locate(key: str, message: str) -> tuple[str, str]:
+    """The field a msgspec complaint is about (``""``: the value as a whole) and a readable message."""
     if (missing := _MISSING.search(message)) is not None:
         key, message = _join(key, missing.group(1)), "is required"
     elif (at := _AT.search(message)) is not None:
@@ -190,7 +196,7 @@ def _field_error(key: str, message: str) -> FieldError:
     leaf = re.sub(r"\[\d+\]$", "", key.rpartition(".")[2])
     if (bad := _ENUM.match(message)) is not None and leaf in _CHOICES:
         message = f"{bad.group(1)} is not one of: {', '.join(_CHOICES[leaf])}"
-    return FieldError(field=key if key and key != "data" else "body", message=message)
+    return (key if key != "data" else ""), message
 
 
 def _field_errors(extra: Any) -> list[FieldError]:
@@ -204,9 +210,9 @@ def _field_errors(extra: Any) -> list[FieldError]:
 def item_problem(exc: Exception, *, field_prefix: str = "") -> Problem:
     """The problem body for one item of a batch (no request: ``instance`` is left out)."""
     if isinstance(exc, msgspec.ValidationError):
-        error = _field_error("", str(exc))
-        field = f"{field_prefix}{error.field}" if error.field != "body" else field_prefix.rstrip(".")
-        return _invalid_problem([FieldError(field, error.message)])
+        key, message = _locate("", str(exc))
+        field = f"{field_prefix}{key}" if key else field_prefix.rstrip(".")
+        return _invalid_problem([FieldError(field, message)])
     if isinstance(exc, InvalidNotification):
         return _invalid_problem([FieldError(f"{field_prefix}{exc.field}", exc.reason)])
     if isinstance(exc, IdempotencyConflict):
@@ -310,7 +316,8 @@ _RESPONSE_DESCRIPTIONS = {
 
 def problems(*statuses: int) -> dict[int, ResponseSpec]:
     """The problem+json responses an operation declares in the OpenAPI document. Every operation
-    behind an API key can answer 401 and 503, and every one that takes parameters 400."""
+    behind an API key can answer 401 and 503, every one that takes parameters 400, and every one
+    422 (an unknown query parameter is refused on any route)."""
     return {
         status: ResponseSpec(
             data_container=Problem,
@@ -318,7 +325,7 @@ def problems(*statuses: int) -> dict[int, ResponseSpec]:
             description=_RESPONSE_DESCRIPTIONS[status],
             generate_examples=False,
         )
-        for status in sorted({400, 401, 503, *statuses})
+        for status in sorted({400, 401, 422, 503, *statuses})
     }
 
 

@@ -9,13 +9,18 @@ from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import SecurityRequirement
 
+from notifier.api.errors import problems
 from notifier.api.schemas import Health
 
 PUBLIC: list[SecurityRequirement] = [{}]
 """No key needed: the empty requirement overrides the document's bearer default."""
 
 
-@get("/healthz", summary="Liveness", tags=["health"], security=PUBLIC)
+# Health takes no parameters, but refuses unknown ones as every route does.
+_UNKNOWN_PARAMETER = {422: problems()[422]}
+
+
+@get("/healthz", summary="Liveness", tags=["health"], security=PUBLIC, responses=_UNKNOWN_PARAMETER)
 async def healthz() -> Health:
     return Health(status="ok")
 
@@ -25,7 +30,10 @@ async def healthz() -> Health:
     summary="Readiness: PostgreSQL and Redis reachable",
     tags=["health"],
     security=PUBLIC,
-    responses={503: ResponseSpec(Health, description="PostgreSQL or Redis is unreachable; `checks` says which.")},
+    responses={
+        503: ResponseSpec(Health, description="PostgreSQL or Redis is unreachable; `checks` says which."),
+        **_UNKNOWN_PARAMETER,
+    },
 )
 async def readyz(state: State) -> Response[Health]:
     checks: dict[str, str] = {}

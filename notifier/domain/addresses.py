@@ -218,13 +218,15 @@ def webhook_url(url: str, policy: AddressPolicy) -> str:
             )
     try:
         parsed = httpx.URL(url)
+        parsed.host  # noqa: B018 - decoding an A-label (``xn--…``) is where idna refuses a malformed one
     except httpx.InvalidURL as exc:
         raise InvalidNotification("recipient", f"not a valid URL: {exc}") from None
-    except ValueError:  # idna's errors for hosts it cannot encode
+    except ValueError:  # idna's errors for hosts it cannot encode or decode
         raise InvalidNotification("recipient", "not a valid URL: its host is not a valid domain name") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    # The ASCII (IDNA) form is what the channel resolves and connects to, so it is what is judged.
+    host = parsed.raw_host.decode("ascii")
+    if parsed.scheme not in ("http", "https") or not host:
         raise InvalidNotification("recipient", "not an absolute http(s) URL")
-    host = parsed.host
     if ":" not in host and not _HOST_NAME.fullmatch(host):
         raise InvalidNotification("recipient", f"host {host!r} is not a valid host name")
     if parsed.port is not None and not 1 <= parsed.port <= 65535:

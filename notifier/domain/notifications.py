@@ -208,6 +208,16 @@ def validate(new: NewNotification, policy: AddressPolicy = PUBLIC_ONLY) -> NewNo
         value = getattr(new, field)
         if value is not None:
             check_text(field, value)
+    # The API's schema bounds these too; a rule's rendered text reaches here unchecked.
+    for field, value, longest in (
+        ("recipient", new.recipient, MAX_RECIPIENT_LENGTH),
+        ("subject", new.subject, MAX_SUBJECT_LENGTH),
+        ("body", new.body, MAX_BODY_LENGTH),
+    ):
+        if value is not None and len(value) > longest:
+            raise InvalidNotification(field, f"must be at most {longest} characters")
+    if not new.body:
+        raise InvalidNotification("body", "must not be empty")
     send_at = None if new.send_at is None else utc("send_at", new.send_at)
     if new.subject is not None:
         check_single_line("subject", new.subject)

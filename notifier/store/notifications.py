@@ -105,7 +105,7 @@ async def attempts(notification_id: uuid.UUID) -> list[Attempt]:
         .where(A.notification == notification_id)
         .order_by(A.number)
     )
-    return [Attempt(**row) for row in found]
+    return [rows.attempt(row) for row in found]
 
 
 async def page(

@@ -56,11 +56,12 @@ FOR UPDATE SKIP LOCKED
 """  # noqa: S608 - composed of constants
 
 
-# Scheduled rows no driver could read once due: ``+infinity`` or past year 9999. Nothing the API
-# accepts lies there; a row written past it fails rather than wait for ever.
+# Waiting rows no driver could read once due: ``+infinity`` or past year 9999, whatever their status
+# (a queued or retrying row there would wait as long). Nothing the API accepts lies there; a row
+# written past it fails rather than wait for ever.
 _BEYOND = """
 SELECT id FROM notifications
-WHERE status = 'scheduled' AND send_at >= '9999-12-31T00:00:00Z'
+WHERE status IN ('scheduled', 'queued', 'retrying') AND COALESCE(send_at, created_at) >= '9999-12-31T00:00:00Z'
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 """
@@ -109,8 +110,8 @@ Take = Callable[[Pool, Callable[[list[Pending]], None], Window], Pass]
 
 
 def relay(pool: Pool, enqueue: Callable[[list[Pending]], None], window: Window) -> Pass:
-    """Everything due, never enqueued, lost or lapsed: see the module's docstring. Scheduled
-    notifications beyond any time a driver can read are failed."""
+    """Everything due, never enqueued, lost or lapsed: see the module's docstring. Waiting
+    notifications due beyond any time a driver can read are failed."""
     return _take(pool, enqueue, window, (_DUE, _LAPSED), _BEYOND)
 
 

@@ -352,6 +352,22 @@ def test_batch_answers_each_item_on_its_own(client: Client, redis_url: str, redi
     assert set(queued_ids(redis_url, redis_namespace)) - {results[2]["notification"]["id"]} == created
 
 
+def test_a_batch_items_body_field_is_named_as_any_other(client: Client) -> None:
+    """The notification's own ``body`` field is not the item as a whole."""
+    batch = [
+        {**LOG, "body": ""},
+        {**LOG, "body": 5},
+        {"channel": "log", "recipient": "ops"},
+    ]
+    response = client.post("/notify/batch", json={"notifications": batch})
+    assert response.status_code == 200, response.text
+    assert [r["error"]["errors"] for r in response.json()["results"]] == [
+        [{"field": "notifications[0].body", "message": "Expected `str` of length >= 1"}],
+        [{"field": "notifications[1].body", "message": "Expected `str`, got `int`"}],
+        [{"field": "notifications[2].body", "message": "is required"}],
+    ]
+
+
 def test_batch_size_is_bounded(client: Client) -> None:
     assert fields(problem(client.post("/notify/batch", json={"notifications": []}), 422)) == ["notifications"]
     many = {"notifications": [LOG] * 1001}

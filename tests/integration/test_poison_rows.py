@@ -155,6 +155,22 @@ def test_a_scheduled_row_no_driver_can_read_fails_and_next_due_still_answers(
     assert state(pool, later)[0] == "scheduled"
 
 
+@pytest.mark.parametrize("status", ["queued", "retrying"])
+def test_a_waiting_row_due_at_infinity_fails_whatever_its_status(
+    settings: Settings, pool: ConnectionPool, status: str
+) -> None:
+    """A queued or retrying row is never due at ``infinity`` either: it fails rather than wait."""
+    poisoned = insert(pool, send_at="infinity", status=status)
+    normal = insert(pool, send_at=datetime.now(UTC).isoformat(), status=status)
+    enqueued = Enqueued()
+    assert Relay(settings, pool, enqueued).relay_once() == 1
+    assert enqueued.ids == [normal]
+    status_now, reason = state(pool, poisoned)
+    assert status_now == "failed"
+    assert reason is not None
+    assert "beyond year 9999" in reason
+
+
 def test_the_relays_scheduled_pass_fails_an_unreadable_row_too(settings: Settings, pool: ConnectionPool) -> None:
     normal = insert(pool, send_at=datetime.now(UTC).isoformat())
     poisoned = insert(pool, send_at="-infinity")
@@ -259,3 +275,56 @@ def test_the_api_shows_an_infinite_send_at_in_utc(client: Any, pool: ConnectionP
         response = client.get(f"/notifications/{notification_id}")
         assert response.status_code == 200, response.text
         assert response.json()["send_at"] == shown
+
+
+def test_the_api_shows_every_infinite_time_of_a_row_in_utc(client: Any, pool: ConnectionPool) -> None:
+    """Not only ``send_at``: a row's own times and its attempts' come back with their offset."""
+    notification_id = insert(pool, send_at="2030-01-01T00:00:00Z", status="failed")
+    with pool.connection() as conn:
+        conn.execute(
+            "UPDATE notifications SET created_at = '-infinity', updated_at = 'infinity', sent_at = 'infinity'"
+            " WHERE id = %s",
+            (notification_id,),
+        )
+        conn.execute(
+            "INSERT INTO delivery_attempts (notification, number, started_at, finished_at, outcome)"
+            " VALUES (%s, 1, '-infinity', 'infinity', 'permanent_error')",
+            (notification_id,),
+        )
+    response = client.get(f"/notifications/{notification_id}")
+    assert response.status_code == 200, response.text
+    shown = response.json()
+    (attempt,) = shown["delivery_attempts"]
+    assert [
+        shown["created_at"],
+        shown["updated_at"],
+        shown["sent_at"],
+        attempt["started_at"],
+        attempt["finished_at"],
+    ] == [
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999999Z",
+        "9999-12-31T23:59:59.999999Z",
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999999Z",
+    ]
+
+
+def test_the_api_shows_a_rules_infinite_times_in_utc(client: Any, pool: ConnectionPool) -> None:
+    created = client.post(
+        "/rules",
+        json={"name": "r", "event": "e", "channel": "log", "recipients": ["ops"], "body": "x"},
+    )
+    assert created.status_code == 201, created.text
+    rule_id = created.json()["id"]
+    with pool.connection() as conn:
+        conn.execute(
+            "UPDATE rules SET starts_at = '-infinity', ends_at = 'infinity', created_at = '-infinity' WHERE id = %s",
+            (rule_id,),
+        )
+    shown = client.get(f"/rules/{rule_id}").json()
+    assert [shown["starts_at"], shown["ends_at"], shown["created_at"]] == [
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999999Z",
+        "0001-01-01T00:00:00Z",
+    ]

@@ -155,3 +155,14 @@ def test_the_readme_gets_a_newcomer_started() -> None:
     sending = _section(text, "Sending notifications")
     first_email = sending.index('"channel": "email"')
     assert "NOTIFIER_SMTP_URL" in sending[:first_email], "the note that email needs NOTIFIER_SMTP_URL comes first"
+
+
+REPO = README.parent
+REPO_FILE = re.compile(r"`((?:notifier|tests|bench)/[\w./-]+)`")
+
+
+def test_every_file_the_readme_names_exists() -> None:
+    named = sorted(set(REPO_FILE.findall(README.read_text())))
+    assert named, "the pattern finds the README's file paths"
+    missing = [path for path in named if "<" not in path and not (REPO / path).exists()]
+    assert missing == [], f"the README names files that do not exist: {missing}"

@@ -154,6 +154,28 @@ def test_a_missing_variable_fails_that_notification_with_a_reason(client: Client
     assert failed["recipient"] == "{{ data.customer.hook }}"  # as written: nothing half-rendered was sent
 
 
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ({"to": "r" * 3000, "text": "x"}, "recipient: must be at most 2048 characters"),
+        ({"to": "ops", "text": ""}, "body: must not be empty"),
+    ],
+)
+def test_a_rendered_value_the_api_would_refuse_fails_that_notification_alone(
+    client: Client, data: dict[str, str], reason: str
+) -> None:
+    """What a rule renders meets the bounds of ``POST /notify``: beyond them, the notification
+    fails with the reason, and the event and its other rules' notifications stand."""
+    templated = {"name": "templated", "event": "x.y", "channel": "log", "recipients": ["{{ data.to }}"]}
+    assert client.post("/rules", json={**templated, "body": "{{ data.text }}"}).status_code == 201
+    assert client.post("/rules", json={**templated, "recipients": ["ops"], "body": "fixed"}).status_code == 201
+    published = client.post("/events", json={"type": "x.y", "data": data})
+    assert published.status_code == 202, published.text
+    made = sorted(published.json()["notifications"], key=lambda n: n["status"])
+    assert [n["status"] for n in made] == ["failed", "queued"]
+    assert made[0]["last_error"] == reason
+
+
 def test_an_event_nobody_listens_to_creates_nothing(client: Client) -> None:
     response = client.post("/events", json={"type": "user.signed_up", "data": {}})
     assert response.status_code == 202

@@ -68,6 +68,8 @@ def test_an_internal_address_in_any_spelling_is_refused(url: str, kind: str) -> 
         "http://[64:ff9b::808:808]/hook",  # NAT64 of a public address
         "https://user:pass@hooks.example:8443/x",
         "http://hooks.internal.example/",  # a name: judged by what it resolves to, when sent
+        "https://例え.jp/hook",  # an internationalised name, sent as its A-label
+        "https://xn--r8jz45g.jp/hook",
     ],
 )
 def test_a_public_address_or_a_name_is_accepted(url: str) -> None:
@@ -91,6 +93,8 @@ def test_a_public_address_or_a_name_is_accepted(url: str) -> None:
         ("http://%31%32%37.0.0.1/", "not a valid host name"),
         ("http://hooks.example:99999/", "port"),
         ("http://\u2603.example/", "not a valid URL"),
+        ("http://xn--/", "not a valid domain name"),
+        ("http://xn--zz.example/", "not a valid domain name"),
         ("ftp://hooks.example/", "http(s)"),
         ("http:///path-only", "http(s)"),
     ],
