@@ -158,7 +158,7 @@ def test_a_missing_variable_fails_that_notification_with_a_reason(client: Client
     ("data", "reason"),
     [
         ({"to": "r" * 3000, "text": "x"}, "recipient: must be at most 2048 characters"),
-        ({"to": "ops", "text": ""}, "body: must not be empty"),
+        ({"to": "ops", "text": ""}, "body: the template rendered an empty body"),
     ],
 )
 def test_a_rendered_value_the_api_would_refuse_fails_that_notification_alone(
