@@ -15,35 +15,15 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from notifier.channels.memory import MemoryChannel
-from notifier.domain import Channel, NewNotification, Notification
+from notifier.domain import Channel, NewNotification
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
 from notifier.services.delivery import Delivered, Dispatcher, NotDue
-from notifier.services.notifications import Notifications
 from notifier.services.relay import Relay
 from notifier.settings import Settings
 from notifier.store import delivery as delivery_store
 from notifier.store import notifications as store
 from notifier.store import outbox
-
-
-def accept(
-    settings: Settings, new: NewNotification, enqueue: Callable[[Sequence[tuple[uuid.UUID, int]]], None] | None = None
-) -> Notification:
-    """Store a notification through the real accept path (``enqueue`` stands in for Redis); returns it."""
-
-    async def enqueue_async(items: Sequence[tuple[uuid.UUID, int]]) -> None:
-        if enqueue is not None:
-            enqueue(items)
-
-    async def run() -> Notification:
-        service = Notifications(settings, enqueue_async, frozenset(Channel))
-        await service.start()
-        try:
-            return (await service.accept(new)).notification
-        finally:
-            await service.stop()
-
-    return asyncio.run(run())
+from tests.accepting import accept
 
 
 def relay_once(

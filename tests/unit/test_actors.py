@@ -4,7 +4,6 @@ of an early message, a dead letter), and that importing the worker's modules doe
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -12,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,14 +25,14 @@ from dramatiq.brokers.stub import StubBroker
 
 from notifier import settings as settings_module
 from notifier.channels.memory import MemoryChannel
-from notifier.domain import Channel, NewNotification, Notification
+from notifier.domain import Channel, NewNotification
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
-from notifier.services.notifications import Notifications
 from notifier.settings import Settings
 from notifier.store import delivery as delivery_store
 from notifier.worker import app
 from notifier.worker.actors import DeadLetterStream
 from notifier.worker.broker import DELIVERY_QUEUE, build, dead_letter_stream
+from tests.accepting import accept
 from tests.conftest import notifier_env
 
 MIN_BACKOFF = 0.2
@@ -131,23 +130,6 @@ def worker(settings: Settings, pool: delivery_store.Pool, memory: MemoryChannel)
         running.stop()
         broker.close()
         client.close()
-
-
-def accept(settings: Settings, new: NewNotification) -> Notification:
-    """Store a notification through the real accept path, enqueueing nothing (the test sends the message)."""
-
-    async def enqueue(items: Sequence[tuple[uuid.UUID, int]]) -> None:
-        pass
-
-    async def run() -> Notification:
-        service = Notifications(settings, enqueue, frozenset(Channel))
-        await service.start()
-        try:
-            return (await service.accept(new)).notification
-        finally:
-            await service.stop()
-
-    return asyncio.run(run())
 
 
 def row(pool: delivery_store.Pool, notification_id: uuid.UUID) -> dict[str, Any]:
