@@ -17,7 +17,7 @@ from types import FrameType
 
 from notifier import settings as settings_module
 from notifier.errors import ConfigurationError
-from notifier.observability import configure_logging
+from notifier.observability.logging import configure_logging
 
 logger = logging.getLogger("notifier.cli")
 

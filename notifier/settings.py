@@ -148,6 +148,11 @@ class SchedulerSettings(Group, frozen=True, kw_only=True):
         _doc("Under misfire `once`, a missed firing at most this many seconds old still fires (once)."),
         msgspec.Meta(ge=0),
     ] = 3600.0
+    metrics_port: Annotated[
+        int,
+        _doc("Port `notifier scheduler` serves its Prometheus metrics on (on NOTIFIER_METRICS_HOST)."),
+        msgspec.Meta(ge=0, le=65535),
+    ] = 9192
 
 
 class TemplateSettings(Group, frozen=True, kw_only=True):
@@ -239,6 +244,22 @@ class WebhookSettings(ChannelOverrides, frozen=True, kw_only=True):
                 raise ValueError("secret", "must decode to at least 24 bytes")
 
 
+class MetricsSettings(Group, frozen=True, kw_only=True):
+    env_group: ClassVar[str] = "METRICS"
+    enabled: Annotated[
+        bool, _doc("`false` turns every Prometheus metric off: none served by the API, the worker or the scheduler.")
+    ] = True
+    auth: Annotated[bool, _doc("`true` puts the API's `/metrics` behind the API keys; it is public otherwise.")] = False
+    host: Annotated[str, _doc("Address the worker's and the scheduler's metrics servers bind.")] = "0.0.0.0"  # noqa: S104
+    dir: Annotated[
+        str,
+        _doc(
+            "Directory the worker's processes share their metrics through (Prometheus multiprocess mode); emptied"
+            " as `notifier worker` starts. Empty: a directory of its own under the system's temporary directory."
+        ),
+    ] = ""
+
+
 class LogSettings(Group, frozen=True, kw_only=True):
     env_group: ClassVar[str] = "LOG"
     level: Annotated[str, _doc("Log level: DEBUG, INFO, WARNING or ERROR.")] = "INFO"
@@ -257,6 +278,14 @@ class WorkerSettings(Group, frozen=True, kw_only=True):
         ),
         msgspec.Meta(ge=5),
     ] = 15.0
+    metrics_port: Annotated[
+        int,
+        _doc(
+            "Port `notifier worker` serves the Prometheus metrics of all its processes on (Dramatiq's and"
+            " notifier's delivery families, on NOTIFIER_METRICS_HOST)."
+        ),
+        msgspec.Meta(ge=0, le=65535),
+    ] = 9191
 
 
 @dataclass(frozen=True)
@@ -287,6 +316,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sms: SmsSettings = SmsSettings()
     webhook: WebhookSettings = WebhookSettings()
     worker: WorkerSettings = WorkerSettings()
+    metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
 
     def policy(self, channel: str) -> DeliveryPolicy:

@@ -20,7 +20,7 @@ from notifier import channels
 from notifier import settings as settings_module
 from notifier.channels.base import Channel as ChannelImpl
 from notifier.domain import Channel
-from notifier.observability import configure_logging
+from notifier.observability.logging import configure_logging
 from notifier.services.delivery import Dispatcher
 from notifier.services.rules import RuleScheduler
 from notifier.settings import Settings
