@@ -249,7 +249,7 @@ class MetricsSettings(Group, frozen=True, kw_only=True):
     enabled: Annotated[
         bool, _doc("`false` turns every Prometheus metric off: none served by the API, the worker or the scheduler.")
     ] = True
-    auth: Annotated[bool, _doc("`true` puts the API's `/metrics` behind the API keys; it is public otherwise.")] = False
+    auth: Annotated[bool, _doc("`true` puts the API's metrics behind the API keys; they are public otherwise.")] = False
     host: Annotated[str, _doc("Address the worker's and the scheduler's metrics servers bind.")] = "0.0.0.0"  # noqa: S104
     dir: Annotated[
         str,
