@@ -1,4 +1,5 @@
-"""The alerting rules: valid for Prometheus, each tested by promtool, each with its runbook section.
+"""The alerting rules: valid for Prometheus, each tested by promtool, each with its runbook section;
+and compose's Prometheus configuration, valid with them.
 
 ``promtool`` comes with Debian's ``prometheus`` package (``.ci/run`` installs it); without it the
 promtool tests are skipped, except under ``CI=true``, where they fail.
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RULES = metrics.ALERTS
 RULE_TESTS = RULES.with_name("alerts.test.yaml")
 RUNBOOK = ROOT / "docs" / "runbook.md"
+PROMETHEUS_CONFIG = ROOT / "dashboards" / "prometheus.yml"
 RULE_NAMES = [rule["alert"] for rule in metrics.alert_rules()]
 SEVERITIES = {"critical", "warning", "info"}
 
@@ -55,6 +57,13 @@ def _anchors(markdown: str) -> set[str]:
 def test_promtool_checks_the_rules() -> None:
     result = _run("check", "rules", RULES)
     assert result.returncode == 0, f"promtool check rules:\n{result.stdout}{result.stderr}"
+    assert f"SUCCESS: {len(RULE_NAMES)} rules found" in result.stdout
+
+
+def test_promtool_checks_the_prometheus_config_and_the_rules_it_loads() -> None:
+    result = _run("check", "config", PROMETHEUS_CONFIG)
+    assert result.returncode == 0, f"promtool check config:\n{result.stdout}{result.stderr}"
+    assert "SUCCESS: 1 rule files found" in result.stdout
     assert f"SUCCESS: {len(RULE_NAMES)} rules found" in result.stdout
 
 
