@@ -182,8 +182,8 @@ class PrometheusServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(popen.pid, signal.SIGKILL)
                 popen.wait(timeout=10)
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        # Its TSDB always goes; a directory it was given keeps the config and the log for a post-mortem.
+        shutil.rmtree(self.dir if self._own_dir else self.dir / "data", ignore_errors=True)
 
     def __enter__(self) -> Self:
         try:
