@@ -13,7 +13,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -22,9 +21,10 @@ import pytest
 
 from tests.conftest import free_port
 from tests.e2e.conftest import Stack, StartPrometheus, StartStack, wait_until
+from tests.live_queries import check_answered, check_exported, check_rules_evaluate, scraped
 from tests.peers import WebhookPeer
-from tests.prometheus import JOBS, PrometheusServer, Target, scrape_samples
-from tests.promql import Expression, alert_expressions, dashboard_expressions, dashboard_panels, family, metric_names
+from tests.prometheus import JOBS, Target
+from tests.promql import alert_expressions, dashboard_expressions, dashboard_panels
 from tests.render import CHROMIUM, GRID_FILE, render_panels
 
 ROOT = Path(__file__).parents[2]
@@ -33,8 +33,6 @@ ALERTS = ROOT / "dashboards" / "alerts.yaml"
 PANELS = ROOT / "docs" / "panels"
 OUTCOMES = ("sent", "transient_error", "permanent_error", "timeout", "abandoned", "dead_lettered")
 SOURCES = ("api", "batch", "event", "rule")
-PROMETHEUS_OWN = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS", "ALERTS_FOR_STATE"}
-"""Series Prometheus makes itself, never in a scrape."""
 EXPENSIVE = (
     "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(2) %}{% endfor %}{% endfor %}{% endfor %}"
 )
@@ -117,16 +115,6 @@ def _in(seconds: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
 
 
-def without_data(prometheus: PrometheusServer, expressions: Sequence[Expression], start: float) -> list[str]:
-    """The expressions whose range query over ``[start, now]`` has no finite point, with what came back."""
-    empty = []
-    for expression in expressions:
-        series = prometheus.query_range(expression.expr, start, time.time(), 1)
-        if not any(s.finite for s in series):
-            empty.append(f"{expression.source}: {expression.expr} → {len(series)} series, none finite")
-    return empty
-
-
 def test_every_dashboard_and_alert_query_is_exported_and_answered(
     start_stack: StartStack, start_prometheus: StartPrometheus, webhook_receiver: WebhookPeer, database_url: str,
     tmp_path: Path,
@@ -163,44 +151,10 @@ def test_every_dashboard_and_alert_query_is_exported_and_answered(
         where = worker if source == "rule" else api
         assert has(where, "notifier_notifications_accepted_total", source=source), f"no accepted source={source}"
 
-    scraped: dict[str, dict[str, str]] = {}
-    for address in urls.values():
-        scraped.update(scrape_samples(f"http://{address}/metrics"))
-    expressions = dashboard_expressions(DASHBOARD) + alert_expressions(ALERTS)
-    assert expressions, "the dashboard and the alerts have no expression"
-    unexported = [
-        f"{e.source}: {sorted(family(n, scraped) for n in names)} in {e.expr}"
-        for e in expressions
-        if (names := metric_names(e.expr) - set(scraped) - PROMETHEUS_OWN)
-    ]
-    assert not unexported, "named but not exported:\n" + "\n".join(unexported)
-
+    check_exported(dashboard_expressions(DASHBOARD) + alert_expressions(ALERTS), scraped(urls.values()))
     prometheus.wait_targets_up(timeout=30)
-    panel_queries = dashboard_expressions(DASHBOARD)
-    # An alert's expression is a condition, empty while all is well: each metric it reads must have data.
-    alert_metrics = [
-        Expression(e.source, f"count({{__name__={name!r}}})".replace("'", '"'))
-        for e in alert_expressions(ALERTS)
-        for name in sorted(metric_names(e.expr))
-    ]
-    remaining: list[str] = []
-
-    def answered() -> bool:
-        remaining[:] = without_data(prometheus, panel_queries + alert_metrics, start)
-        return not remaining
-
-    try:
-        wait_until(answered, 30, "every query to return data", interval=1)
-    except AssertionError:
-        pytest.fail("no data from Prometheus for:\n" + "\n".join(remaining))
-
-    def evaluated() -> list[dict[str, object]] | None:
-        rules = prometheus.rules()
-        return rules if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules) else None
-
-    rules = wait_until(evaluated, 15, "every alerting rule to be evaluated", interval=0.5)
-    broken = [f"{r['name']}: {r.get('lastError')}" for r in rules if r["health"] != "ok"]
-    assert not broken, "rules Prometheus cannot evaluate:\n" + "\n".join(broken)
+    check_answered(prometheus, dashboard_expressions(DASHBOARD), alert_expressions(ALERTS), start)
+    check_rules_evaluate(prometheus)
 
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing, so no screenshots: apt-get install -y chromium (the queries passed)")

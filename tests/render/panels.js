@@ -85,7 +85,6 @@ window.renderPanels = async function (spec) {
         stroke: PALETTE[n % PALETTE.length],
         fill: PALETTE[n % PALETTE.length] + "1a",
         width: 2,
-        points: { show: false },
         spanGaps: false,
       }))],
     };
