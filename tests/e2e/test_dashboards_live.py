@@ -25,7 +25,7 @@ from tests.live_queries import check_answered, check_exported, check_rules_evalu
 from tests.peers import WebhookPeer
 from tests.prometheus import JOBS, Target
 from tests.promql import alert_expressions, dashboard_expressions, dashboard_panels
-from tests.render import CHROMIUM, GRID_FILE, render_panels
+from tests.render import GRID_FILE, render_panels, require_chromium
 
 ROOT = Path(__file__).parents[2]
 DASHBOARD = ROOT / "dashboards" / "notifier.json"
@@ -156,8 +156,7 @@ def test_every_dashboard_and_alert_query_is_exported_and_answered(
     check_answered(prometheus, dashboard_expressions(DASHBOARD), alert_expressions(ALERTS), start)
     check_rules_evaluate(prometheus)
 
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing, so no screenshots: apt-get install -y chromium (the queries passed)")
+    require_chromium("the queries passed")
     out = PANELS if os.environ.get("NOTIFIER_TEST_UPDATE_PANELS") else tmp_path / "panels"
     panels = dashboard_panels(json.loads(DASHBOARD.read_text()))
     rendered = render_panels(prometheus, panels, start=start - 5, end=time.time(), step=1, out_dir=out)

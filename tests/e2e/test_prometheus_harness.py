@@ -17,7 +17,7 @@ from tests.e2e.conftest import StartPrometheus, wait_until
 from tests.live_queries import check_answered, check_exported, check_rules_evaluate, scraped
 from tests.prometheus import PrometheusError, Target
 from tests.promql import Expression, Panel, alert_expressions, dashboard_expressions, dashboard_panels
-from tests.render import CHROMIUM, GRID_FILE, PALETTE, render_panels
+from tests.render import GRID_FILE, PALETTE, render_panels, require_chromium
 
 
 class Exporter:
@@ -136,8 +136,7 @@ def test_prometheus_scrapes_answers_and_the_panels_are_drawn(
         check_answered(prometheus, [], [Expression("alert: Lost", "harness_lost_total > 0")], start, timeout=0)
     assert check_rules_evaluate(prometheus) == ["HarnessQueueDeep"]
 
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (the queries above passed)")
+    require_chromium("the queries above passed")
 
     def drawable() -> bool:
         """Enough points for every panel to draw a line, not a dot."""

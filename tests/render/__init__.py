@@ -11,11 +11,14 @@ driven by Playwright, which never downloads a browser; the page loads nothing fr
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.prometheus import PrometheusServer, Series
 from tests.promql import Panel
@@ -36,6 +39,17 @@ class RenderedPanel:
     path: Path
     series: int
     """How many series were drawn (0: the panel shows *No data*)."""
+
+
+def require_chromium(done: str) -> None:
+    """Skip the rest of the test when Chromium is missing (``done`` says what passed before), except
+    under ``CI=true`` (``.ci/run`` installs it), where the test fails instead."""
+    if CHROMIUM.exists():
+        return
+    message = f"{CHROMIUM} is missing, so no screenshots: apt-get install -y chromium"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; .ci/run installs it")
+    pytest.skip(f"{message} ({done}; under CI=true this fails instead)")
 
 
 def legend(series: Series, template: str, expr: str) -> str:
