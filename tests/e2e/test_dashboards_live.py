@@ -13,6 +13,7 @@ import json
 import os
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -110,8 +111,6 @@ def traffic(stack: Stack, webhook: WebhookPeer, database_url: str) -> None:
 
 
 def _in(seconds: float) -> str:
-    from datetime import UTC, datetime, timedelta
-
     return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
 
 
@@ -150,6 +149,10 @@ def test_every_dashboard_and_alert_query_is_exported_and_answered(
     for source in SOURCES:
         where = worker if source == "rule" else api
         assert has(where, "notifier_notifications_accepted_total", source=source), f"no accepted source={source}"
+    for outcome in ("fired", "failed"):
+        assert has(worker, "notifier_rule_firings_total", outcome=outcome), f"no rule firing {outcome}"
+    scheduler = samples_of(f"http://{urls['notifier-scheduler']}/metrics")
+    assert has(scheduler, "notifier_relay_enqueued_total", reason="due"), "the relay enqueued nothing due"
 
     check_exported(dashboard_expressions(DASHBOARD) + alert_expressions(ALERTS), scraped(urls.values()))
     prometheus.wait_targets_up(timeout=30)
