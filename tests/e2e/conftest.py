@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import free_port, notifier_env
 from tests.peers import SmsPeer, SmtpPeer, WebhookPeer
+from tests.prometheus import PrometheusServer, Target, find_prometheus
 
 API_KEY = "e2e-key"
 
@@ -184,6 +185,42 @@ def start_stack(
 @pytest.fixture
 def stack(start_stack: StartStack) -> Stack:
     return start_stack()
+
+
+StartPrometheus = Callable[..., PrometheusServer]
+
+
+@pytest.fixture
+def start_prometheus(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StartPrometheus]:
+    """Start a real Prometheus scraping the targets given (``start_prometheus(targets, rule_files=…)``);
+    its targets are not waited for (see ``wait_targets_up``). Stopped, its data removed, at teardown.
+
+    Skipped when no ``prometheus`` binary is found, except under ``CI=true`` (``.ci/run`` installs
+    Debian's ``prometheus`` package), where the test fails instead.
+    """
+    binary = find_prometheus()
+    if binary is None:
+        message = "no prometheus binary (/usr/bin/prometheus): apt-get install -y prometheus"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; .ci/run installs it")
+        pytest.skip(f"{message} (under CI=true this test fails instead)")
+    started: list[PrometheusServer] = []
+
+    def start(targets: list[Target], **options: Any) -> PrometheusServer:
+        work_dir = tmp_path / f"prometheus-{len(started)}"
+        work_dir.mkdir()
+        server = PrometheusServer(targets, binary=binary, work_dir=work_dir, **options)
+        started.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            log = server.log()
+            server.stop()
+            if getattr(request.node, "rep_call_failed", False):
+                print(f"--- prometheus log ---\n{log}")
 
 
 @pytest.hookimpl(wrapper=True)
