@@ -1,0 +1,133 @@
+"""``GET /metrics``: the API process's Prometheus metrics, and the gauges read at each scrape.
+
+Litestar's Prometheus middleware counts requests per route template (``notifier_api_*``); the
+families of :mod:`notifier.observability.metrics` count what the API accepted. At each scrape the
+controller also reads, without blocking the event loop, the queues and the dead-letter stream from
+Redis and the notifications by status from PostgreSQL (that one cached for
+:data:`STATUS_CACHE_SECONDS`). A source that does not answer within :data:`SOURCE_TIMEOUT` leaves its
+families out of that scrape (``notifier_metrics_source_up`` says which); the scrape still answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio
+from litestar import Response, get
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import SecurityRequirement
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from notifier.api.health import PUBLIC
+from notifier.observability import metrics
+from notifier.services.notifications import Notifications
+
+logger = logging.getLogger("notifier.api.metrics")
+
+PATH = "/metrics"
+SOURCE_TIMEOUT = 2.0
+"""Seconds a scrape waits for Redis, and for PostgreSQL, at most."""
+STATUS_CACHE_SECONDS = 5.0
+
+QueueReader = Callable[[redis.asyncio.Redis, str], Awaitable[tuple[dict[str, metrics.QueueDepth], int]]]
+"""Reads every queue's depth and the dead-letter stream's length from Redis, in a namespace
+(:func:`notifier.worker.broker.queue_depths`)."""
+
+
+def prometheus_config() -> PrometheusConfig:
+    """Litestar's request metrics: ``notifier_api_requests_total``, ``…_request_duration_seconds``,
+    ``…_requests_in_progress``, ``…_requests_error_total``, labelled by route template (never the raw
+    path); scrapes of ``/metrics`` itself are not counted."""
+    return PrometheusConfig(app_name="notifier", prefix="notifier_api", group_path=True, exclude=[f"^{PATH}$"])
+
+
+class Source:
+    """One backing service the scrape reads, remembered up or down so that a change is logged once."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.up = True
+
+    async def read(self, probe: Awaitable[Any]) -> Any | None:
+        try:
+            found = await asyncio.wait_for(probe, timeout=SOURCE_TIMEOUT)
+        except Exception as exc:
+            if self.up:
+                logger.warning(
+                    "metrics: %s did not answer; its gauges are left out until it does",
+                    self.name,
+                    extra={"error": repr(exc)},
+                )
+            self.up = False
+            return None
+        if not self.up:
+            logger.info("metrics: %s answers again", self.name)
+        self.up = True
+        return found
+
+
+class Gauges:
+    """The gauges read at scrape: the queues and dead letters from Redis, the statuses from PostgreSQL."""
+
+    def __init__(
+        self, service: Notifications, queues: QueueReader, client: Callable[[], redis.asyncio.Redis], namespace: str
+    ) -> None:
+        self.service = service
+        self.queues = queues
+        self.client = client
+        self.namespace = namespace
+        self.redis = Source("redis")
+        self.postgresql = Source("postgresql")
+        self._statuses: dict[str, int] | None = None
+        self._statuses_at = -STATUS_CACHE_SECONDS
+        self._lock: asyncio.Lock | None = None
+
+    async def statuses(self) -> dict[str, int] | None:
+        if self._lock is None:  # created on first use, inside the event loop
+            self._lock = asyncio.Lock()
+        async with self._lock:  # one query for concurrent scrapes
+            if time.monotonic() - self._statuses_at >= STATUS_CACHE_SECONDS or not self.postgresql.up:
+                counts = await self.postgresql.read(self.service.counts())
+                self._statuses = None if counts is None else {str(s): n for s, n in counts.items()}
+                self._statuses_at = time.monotonic()
+        return self._statuses
+
+    async def exposition(self) -> bytes:
+        """The text exposition of the process's registry and of the gauges read now."""
+        queues, statuses = await asyncio.gather(
+            self.redis.read(self.queues(self.client(), self.namespace)), self.statuses()
+        )
+        live = metrics.live_families(
+            queues=None if queues is None else queues[0],
+            dead_letters=None if queues is None else queues[1],
+            statuses=statuses,
+            up={"redis": self.redis.up, "postgresql": self.postgresql.up},
+        )
+        return generate_latest(metrics.Union(REGISTRY, live))
+
+
+def metrics_controller(gauges: Gauges, *, public: bool) -> type[PrometheusController]:
+    """``GET /metrics``, public (``public``) or behind the API keys."""
+    security: list[SecurityRequirement] | None = PUBLIC if public else None
+
+    class MetricsController(PrometheusController):
+        path = PATH
+
+        @get(
+            summary="Prometheus metrics",
+            tags=["health"],
+            security=security,
+            media_type=CONTENT_TYPE_LATEST,
+            responses={200: ResponseSpec(str, description="Prometheus text exposition format 0.0.4.")},
+        )
+        async def get(self) -> Response[bytes]:
+            """Every family this API process exports (requests, accepted notifications, queues, dead
+            letters, notifications by status) in Prometheus's text format."""
+            return Response(await gauges.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return MetricsController
