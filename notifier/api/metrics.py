@@ -5,7 +5,7 @@ families of :mod:`notifier.observability.metrics` count what the API accepted. A
 controller also reads, without blocking the event loop, the queues and the dead-letter stream from
 Redis and the notifications by status from PostgreSQL (that one cached for
 :data:`STATUS_CACHE_SECONDS`). A source that does not answer within :data:`SOURCE_TIMEOUT` leaves its
-families out of that scrape (``notifier_metrics_source_up`` says which); the scrape still answers.
+families out of that scrape (``notifier_backend_up`` says which); the scrape still answers.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from litestar.openapi.spec import SecurityRequirement
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from notifier.api.errors import problems
 from notifier.api.health import PUBLIC
 from notifier.observability import metrics
 from notifier.services.notifications import Notifications
@@ -116,14 +117,18 @@ def metrics_controller(gauges: Gauges, *, public: bool) -> type[PrometheusContro
     security: list[SecurityRequirement] | None = PUBLIC if public else None
 
     class MetricsController(PrometheusController):
-        path = PATH
+        path = "/"  # the handler names the whole path, which the API key middleware's exclusion matches
 
         @get(
+            PATH,
             summary="Prometheus metrics",
             tags=["health"],
             security=security,
             media_type=CONTENT_TYPE_LATEST,
-            responses={200: ResponseSpec(str, description="Prometheus text exposition format 0.0.4.")},
+            responses={
+                200: ResponseSpec(str, description="Prometheus text format 0.0.4.", media_type=CONTENT_TYPE_LATEST),
+                **({422: problems()[422]} if public else problems()),
+            },
         )
         async def get(self) -> Response[bytes]:
             """Every family this API process exports (requests, accepted notifications, queues, dead

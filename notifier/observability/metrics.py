@@ -104,10 +104,16 @@ class Families:
             buckets=DELAY_BUCKETS,
             registry=registry,
         )
-        self.ticks = Counter(
-            "notifier_scheduler_ticks",
-            "Scheduler ticks (fire_schedules) a worker ran to their end.",
-            registry=registry if process == "worker" else None,
+        # Created only where counted: a family without labels is exported (at 0) once created, and
+        # in multiprocess mode whatever registry it is on.
+        self.ticks = (
+            Counter(
+                "notifier_scheduler_ticks",
+                "Scheduler ticks (fire_schedules) a worker ran to their end.",
+                registry=registry,
+            )
+            if process == "worker"
+            else None
         )
         self.rule_firings = Counter(
             "notifier_rule_firings",
@@ -123,15 +129,19 @@ class Families:
             ["reason"],
             registry=registry,
         )
-        self.relay_passes = Counter(
-            "notifier_relay_passes",
-            "Passes the outbox relay made.",
-            registry=registry if process == "scheduler" else None,
+        self.relay_passes = (
+            Counter("notifier_relay_passes", "Passes the outbox relay made.", registry=registry)
+            if process == "scheduler"
+            else None
         )
-        self.ticks_sent = Counter(
-            "notifier_scheduler_ticks_sent",
-            "Scheduler ticks (fire_schedules) the scheduler sent.",
-            registry=registry if process == "scheduler" else None,
+        self.ticks_sent = (
+            Counter(
+                "notifier_scheduler_ticks_sent",
+                "Scheduler ticks (fire_schedules) the scheduler sent.",
+                registry=registry,
+            )
+            if process == "scheduler"
+            else None
         )
         self._lock = threading.Lock()
         self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
@@ -146,7 +156,7 @@ class Families:
         return found  # type: ignore[return-value]
 
 
-_installed: dict[int, Families] = {}
+_installed: dict[CollectorRegistry, Families] = {}
 _active: Families | None = None
 
 
@@ -157,9 +167,9 @@ def install(process: Process, registry: CollectorRegistry = REGISTRY) -> Familie
     nothing here reads them, and they doubled what a scrape carries."""
     global _active
     disable_created_metrics()  # type: ignore[no-untyped-call]
-    families = _installed.get(id(registry))
+    families = _installed.get(registry)
     if families is None:
-        families = _installed[id(registry)] = Families(registry, process)
+        families = _installed[registry] = Families(registry, process)
     _active = families
     return families
 
@@ -206,7 +216,7 @@ def first_attempt(channel: str, lateness: float) -> None:
 
 def tick() -> None:
     """A worker ran a scheduler tick to its end."""
-    if (f := _active) is not None:
+    if (f := _active) is not None and f.ticks is not None:
         f.ticks.inc()
 
 
@@ -217,7 +227,7 @@ def rule_firings(outcome: RuleOutcome, n: int = 1) -> None:
 
 def relayed(counts: Mapping[RelayReason, int]) -> None:
     """One relay pass: how many it enqueued, by reason."""
-    if (f := _active) is not None:
+    if (f := _active) is not None and f.relay_passes is not None:
         f.relay_passes.inc()
         for reason, n in counts.items():
             if n:
@@ -226,7 +236,7 @@ def relayed(counts: Mapping[RelayReason, int]) -> None:
 
 def tick_sent() -> None:
     """The scheduler sent a tick."""
-    if (f := _active) is not None:
+    if (f := _active) is not None and f.ticks_sent is not None:
         f.ticks_sent.inc()
 
 
@@ -238,9 +248,8 @@ def live_families(
     up: Mapping[str, bool],
 ) -> Iterator[Metric]:
     """The API's gauges as read at scrape: per queue its messages by state and the age of its oldest
-    ready one, the dead-letter stream's length, the notifications by status, and whether each source
-    answered. A source that did not answer (``None``) leaves its families out rather than report stale
-    numbers."""
+    ready one, the dead-letter stream's length, the notifications by status, and whether each backend
+    answered. What a backend did not answer (``None``) is left out rather than reported stale."""
     if queues is not None:
         messages = GaugeMetricFamily(
             "notifier_queue_messages",
@@ -270,14 +279,14 @@ def live_families(
         for status, count in statuses.items():
             by_status.add_metric([status], count)
         yield by_status
-    source_up = GaugeMetricFamily(
-        "notifier_metrics_source_up",
-        "1 if the source of the API's gauges (redis, postgresql) answered at the last scrape, else 0.",
-        labels=["source"],
+    backend_up = GaugeMetricFamily(
+        "notifier_backend_up",
+        "1 if the backend (redis, postgresql) answered this scrape's reads of the API's gauges, else 0.",
+        labels=["backend"],
     )
-    for source, answered in up.items():
-        source_up.add_metric([source], 1.0 if answered else 0.0)
-    yield source_up
+    for backend, answered in up.items():
+        backend_up.add_metric([backend], 1.0 if answered else 0.0)
+    yield backend_up
 
 
 class Union:
