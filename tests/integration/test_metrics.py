@@ -54,7 +54,10 @@ def keyed(database_url: str, redis_url: str, redis_namespace: str, **extra: str)
 def test_metrics_are_public_by_default(database_url: str, redis_url: str, redis_namespace: str) -> None:
     with TestClient(make_app(keyed(database_url, redis_url, redis_namespace))) as client:
         assert client.get("/notifications").status_code == 401
-        assert "notifier_queue_messages" in scraped(client).series_names()
+        got = scraped(client)
+        assert "notifier_queue_messages" in got.series_names()
+        # Refused requests are counted too: the request metrics sit outside the key check.
+        assert got.value("notifier_api_requests_total", method="GET", path="/notifications", status_code="401") >= 1
 
 
 def test_metrics_auth_puts_them_behind_the_keys(database_url: str, redis_url: str, redis_namespace: str) -> None:
@@ -228,6 +231,7 @@ def test_a_scrape_answers_while_redis_is_away(
     settings = settings_module.load(notifier_env(database_url, away, redis_namespace, NOTIFIER_AUTH_DISABLED="true"))
     with TestClient(make_app(settings)) as client, caplog.at_level(logging.WARNING):
         assert client.post("/notify", json=LOG).status_code == 202  # stored; the relay enqueues it later
+        assert client.get("/readyz").status_code == 503
         started = time.monotonic()
         got = scraped(client)
         assert time.monotonic() - started < api_metrics.SOURCE_TIMEOUT + 1
@@ -238,6 +242,8 @@ def test_a_scrape_answers_while_redis_is_away(
     assert not got.has("notifier_queue_messages")
     assert not got.has("notifier_dead_letters")
     assert got.has("notifier_api_requests_total", path="/notify")
+    assert got.value("notifier_api_requests_error_total", path="/readyz", status_code="503") >= 1
+    assert got.value("notifier_api_requests_in_progress", method="GET", path="/readyz", app_name="notifier") == 0
     warnings = [r for r in caplog.records if r.name == "notifier.api.metrics"]
     assert len(warnings) == 1, warnings  # said once, not at every scrape
     assert warnings[0].levelno == logging.WARNING
