@@ -264,6 +264,8 @@ def run_dev(args: argparse.Namespace) -> None:
                 env.setdefault("NOTIFIER_AUTH_DISABLED", "true")
             # Local use: a webhook receiver on this machine is the usual first target.
             env.setdefault("NOTIFIER_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
+            # ... and metrics for this machine only.
+            env.setdefault("NOTIFIER_METRICS_HOST", "127.0.0.1")
             settings_module.load(env)
             from notifier.store.schema import migrate
 
@@ -296,6 +298,13 @@ def _serve_dev(args: argparse.Namespace, env: dict[str, str], data_dir: Path) ->
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
     extra = {"api": ["--host", args.host, "--port", str(args.port)]}
+    settings = settings_module.load(env)
+    metrics = (
+        f"  metrics    {base}/metrics, worker http://{settings.metrics.host}:{settings.worker.metrics_port}/metrics,"
+        f" scheduler http://{settings.metrics.host}:{settings.scheduler.metrics_port}/metrics\n"
+        if settings.metrics.enabled
+        else ""
+    )
     children = {
         name: subprocess.Popen(
             [sys.executable, "-m", "notifier", *command, *extra.get(name, [])], env=env, start_new_session=True
@@ -307,6 +316,7 @@ def _serve_dev(args: argparse.Namespace, env: dict[str, str], data_dir: Path) ->
         f"  API        {base}   (GET / leads to the docs)\n"
         f"  API docs   {base}/schema   (OpenAPI: {base}/schema/openapi.json)\n"
         f"  queues     {base}/dramatiq\n"
+        f"{metrics}"
         f"  data       {data_dir}\n"
         f"  database   {env['NOTIFIER_DATABASE_URL']}\n"
         f"  redis      {env['NOTIFIER_REDIS_URL']}\n"

@@ -309,3 +309,17 @@ def missed_by_the_api(stack: Stack, log_dir: Path) -> dict[str, Any]:
             return body
     finally:
         api.stop()
+
+
+def test_metrics_off_serves_none(start_stack: StartStack) -> None:
+    stack = start_stack(NOTIFIER_METRICS_ENABLED="false")
+    sent = stack.notify(**LOG)
+    stack.wait_status(sent["id"], "sent")
+    assert stack.client.get("/metrics").status_code == 404
+    for process in (stack.worker, *stack.schedulers):
+        try:
+            httpx.get(process.metrics_url, timeout=2)
+        except httpx.ConnectError:
+            continue
+        raise AssertionError(f"{process.name} serves metrics with NOTIFIER_METRICS_ENABLED=false")
+    assert "serving metrics" not in stack.schedulers[0].log()
