@@ -1,11 +1,12 @@
 """``GET /metrics``: the API process's Prometheus metrics, and the gauges read at each scrape.
 
-Litestar's Prometheus middleware counts requests per route template (``notifier_api_*``); the
-families of :mod:`notifier.observability.metrics` count what the API accepted. At each scrape the
-controller also reads, without blocking the event loop, the queues and the dead-letter stream from
-Redis and the notifications by status from PostgreSQL (that one cached for
-:data:`STATUS_CACHE_SECONDS`). A source that does not answer within :data:`SOURCE_TIMEOUT` leaves its
-families out of that scrape (``notifier_backend_up`` says which); the scrape still answers.
+:class:`RequestMetrics` (Litestar's Prometheus middleware, leaner) counts requests per route
+template (``notifier_api_*``); the families of :mod:`notifier.observability.metrics` count what the
+API accepted. At each scrape the controller also reads, without blocking the event loop, the queues
+and the dead-letter stream from Redis and the notifications by status from PostgreSQL (that one
+cached for :data:`STATUS_CACHE_SECONDS`). A backend that does not answer within
+:data:`BACKEND_TIMEOUT` leaves its families out of that scrape (``notifier_backend_up`` says which);
+the scrape still answers.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from notifier.services.notifications import Notifications
 logger = logging.getLogger("notifier.api.metrics")
 
 PATH = "/metrics"
-SOURCE_TIMEOUT = 2.0
+BACKEND_TIMEOUT = 2.0
 """Seconds a scrape waits for Redis, and for PostgreSQL, at most."""
 STATUS_CACHE_SECONDS = 5.0
 
@@ -64,13 +65,13 @@ class _Route(NamedTuple):
 
 
 class RequestMetrics(PrometheusMiddleware):
-    """Litestar's Prometheus middleware, with its family names and labels, at a fifth of the cost.
+    """Litestar's Prometheus middleware, with its family names and labels, at a quarter of the cost.
 
     Litestar's builds a ``Request``, label dictionaries and a ``functools.wraps`` of ``send`` for
-    every request and looks each series up under the client library's lock, about 20 µs a request
-    here: 4 % of what ``POST /notify`` costs in all. This one looks its series up by (method, route
-    template, status) in dictionaries of its own and wraps ``send`` in a plain closure. The in-progress
-    gauge has no ``status_code`` (Litestar's always says 200 there).
+    every request and looks each series up under the client library's lock: 16 µs a request, measured
+    alone, where this one, which looks its series up by (method, route template, status) in
+    dictionaries of its own and wraps ``send`` in a plain closure, takes 4 µs. Its in-progress gauge
+    has no ``status_code`` (Litestar's always says 200 there).
     """
 
     _families: ClassVar[dict[str, tuple[Counter, Histogram, Gauge, Counter]]] = {}
@@ -128,7 +129,7 @@ class RequestMetrics(PrometheusMiddleware):
                 errors.inc()
 
 
-class Source:
+class Backend:
     """One backing service the scrape reads, remembered up or down so that a change is logged once."""
 
     def __init__(self, name: str) -> None:
@@ -137,7 +138,7 @@ class Source:
 
     async def read(self, probe: Awaitable[Any]) -> Any | None:
         try:
-            found = await asyncio.wait_for(probe, timeout=SOURCE_TIMEOUT)
+            found = await asyncio.wait_for(probe, timeout=BACKEND_TIMEOUT)
         except Exception as exc:
             if self.up:
                 logger.warning(
@@ -163,8 +164,8 @@ class Gauges:
         self.queues = queues
         self.client = client
         self.namespace = namespace
-        self.redis = Source("redis")
-        self.postgresql = Source("postgresql")
+        self.redis = Backend("redis")
+        self.postgresql = Backend("postgresql")
         self._statuses: dict[str, int] | None = None
         self._statuses_at = -STATUS_CACHE_SECONDS
         self._lock: asyncio.Lock | None = None
