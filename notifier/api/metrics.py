@@ -191,7 +191,7 @@ class Gauges:
             statuses=statuses,
             up={"redis": self.redis.up, "postgresql": self.postgresql.up},
         )
-        return generate_latest(metrics.Union(REGISTRY, live))
+        return generate_latest(metrics.Chain(REGISTRY, live))
 
 
 def metrics_controller(gauges: Gauges, *, public: bool) -> type[PrometheusController]:

@@ -42,7 +42,7 @@ PROVIDER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 """Seconds a provider call takes: a log line in microseconds, an SMTP server or an HTTP API in tens of
 milliseconds, a timeout at ``NOTIFIER_DELIVERY_TIMEOUT`` (10 s by default)."""
 
-DELAY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 """Seconds from due to sent (or to the first attempt): tens of milliseconds when all is well, up to
 the retries' backoff, an hour for a backlog."""
 
@@ -289,7 +289,7 @@ def live_families(
     yield backend_up
 
 
-class Union:
+class Chain:
     """Collects from each of ``collectors`` in turn (what prometheus-client's exposition takes)."""
 
     def __init__(self, *collectors: Iterable[Metric] | CollectorRegistry) -> None:

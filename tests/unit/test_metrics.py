@@ -104,7 +104,7 @@ def test_installing_twice_on_one_registry_keeps_the_families(registry: Collector
 def test_live_families_leave_out_what_did_not_answer() -> None:
     depth = metrics.QueueDepth(ready=3, delayed=2, dead=1, oldest_ready_age=4.5)
     text = generate_latest(
-        metrics.Union(
+        metrics.Chain(
             list(
                 metrics.live_families(
                     queues={"notifier.deliver": depth},
