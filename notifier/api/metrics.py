@@ -107,7 +107,7 @@ class RequestMetrics(PrometheusMiddleware):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         method: str = scope["method"]  # type: ignore[typeddict-item]
-        path = scope["path_template"]
+        path = scope["path_template"] or "/"  # the root route's template is ""
         route = self._routes.get((method, path)) or self._route(method, path)
         status = HTTP_500_INTERNAL_SERVER_ERROR
 
