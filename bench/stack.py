@@ -156,10 +156,12 @@ class Processes:
 class Services:
     """A database of the suite's own (created, migrated, dropped) and a Redis namespace (deleted)."""
 
-    def __init__(self, admin_url: str, redis_url: str) -> None:
+    def __init__(self, admin_url: str, redis_url: str, *, metrics: bool = True) -> None:
         token = secrets.token_hex(5)
         self.admin_url = admin_url
         self.redis_url = redis_url
+        self.metrics = metrics
+        """Whether the processes count and serve their metrics (NOTIFIER_METRICS_ENABLED)."""
         self.database = f"notifier_bench_{token}"
         self.database_url = with_database(admin_url, self.database)
         self.namespace = f"nbench{token}"
@@ -215,6 +217,11 @@ class Services:
             "NOTIFIER_AUTH_DISABLED": "true",
             # The bench's receivers listen on loopback, which webhooks may not reach by default.
             "NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+            "NOTIFIER_METRICS_ENABLED": "true" if self.metrics else "false",
+            # Free ports on loopback: another run (or the test suite) may be using the defaults.
+            "NOTIFIER_METRICS_HOST": "127.0.0.1",
+            "NOTIFIER_WORKER_METRICS_PORT": str(free_port()),
+            "NOTIFIER_SCHEDULER_METRICS_PORT": str(free_port()),
             **extra,
         }
 

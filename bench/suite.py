@@ -775,12 +775,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, help="the JSON file (default: bench/results/<UTC timestamp>.json)")
     parser.add_argument("--only", help="comma-separated phases: " + ", ".join(p for p, _, _ in Suite.PHASES))
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs even when all went well")
+    parser.add_argument(
+        "--metrics",
+        choices=("on", "off"),
+        default="on",
+        help="NOTIFIER_METRICS_ENABLED for the notifier processes (default: on, as shipped); compare the two",
+    )
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     started_at = datetime.now(UTC)
-    output: Path = args.output or RESULTS / f"{started_at:%Y%m%dT%H%M%SZ}{'-smoke' if args.smoke else ''}.json"
+    suffix = ("-smoke" if args.smoke else "") + ("-metrics-off" if args.metrics == "off" else "")
+    output: Path = args.output or RESULTS / f"{started_at:%Y%m%dT%H%M%SZ}{suffix}.json"
     log_dir = Path(tempfile.mkdtemp(prefix="notifier-bench-"))
-    services = Services(args.database_url, args.redis_url)
+    services = Services(args.database_url, args.redis_url, metrics=args.metrics == "on")
     processes = Processes(log_dir)
     suite = Suite(sizes, services, processes)
     failures: list[str] = []
@@ -788,7 +795,10 @@ def main(argv: list[str] | None = None) -> None:
     clock = time.monotonic()
     with terminate_as_interrupt():
         try:
-            log(f"{'smoke' if args.smoke else 'full'} run; database {services.database}, logs in {log_dir}")
+            log(
+                f"{'smoke' if args.smoke else 'full'} run, metrics {args.metrics}; database {services.database},"
+                f" logs in {log_dir}"
+            )
             services.create()
             only = {p.strip() for p in args.only.split(",")} if args.only else None
             failures = suite.run(only)
@@ -820,6 +830,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ceilings: {ceilings or 'none measured'}; took {elapsed:.0f}s")
     document = {
         "mode": "smoke" if args.smoke else "full",
+        "metrics": args.metrics,
         "started_at": started_at.isoformat(),
         "duration_s": elapsed,
         "phases_s": suite.phases,

@@ -6,18 +6,24 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from notifier import settings as settings_module
 from notifier.errors import ConfigurationError
 from notifier.observability.logging import configure_logging
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 logger = logging.getLogger("notifier.cli")
 
@@ -89,7 +95,7 @@ def run_api(args: argparse.Namespace) -> None:
     import uvicorn
 
     from notifier.api.app import create_app
-    from notifier.worker.broker import AsyncEnqueuer, ticker
+    from notifier.worker.broker import AsyncEnqueuer, queue_depths, ticker
     from notifier.worker.broker import build as build_broker
 
     settings = settings_module.load()
@@ -102,7 +108,7 @@ def run_api(args: argparse.Namespace) -> None:
         logger.warning("authentication is disabled (NOTIFIER_AUTH_DISABLED=true)")
     broker = build_broker(settings)
     uvicorn.run(
-        create_app(settings, broker, AsyncEnqueuer(broker, settings.redis.url), ticker(broker)),
+        create_app(settings, broker, AsyncEnqueuer(broker, settings.redis.url), ticker(broker), queue_depths),
         host=args.host or settings.api.host,
         port=settings.api.port if args.port is None else args.port,
         log_config=None,
@@ -116,10 +122,49 @@ def run_worker(args: argparse.Namespace) -> None:
     # An idle consumer polls Redis this often (Dramatiq's default is 1 s). A delayed message takes
     # two hops (its delay queue, then the work queue), so this bounds how late a send_at fires.
     os.environ.setdefault("dramatiq_worker_timeout", str(WORKER_POLL_MS))
+    settings = settings_module.load()  # fail here, once, rather than in every forked process
+    with _metrics_directory(settings) as directory:
+        if directory is not None:
+            # Read as prometheus-client and Dramatiq's Prometheus middleware are imported, by the
+            # worker processes and the exposition server this process forks: so set before both.
+            os.environ.update(
+                {
+                    "PROMETHEUS_MULTIPROC_DIR": directory,
+                    "dramatiq_prom_db": directory,
+                    "dramatiq_prom_host": settings.metrics.host,
+                    "dramatiq_prom_port": str(settings.worker.metrics_port),
+                }
+            )
+        code = _run_dramatiq(args)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def _metrics_directory(settings: settings_module.Settings) -> Iterator[str | None]:
+    """The directory the worker processes share their metrics through, emptied of an earlier run's
+    files (``NOTIFIER_METRICS_DIR``, else one of this run's own, removed after); ``None`` when
+    metrics are off."""
+    if not settings.metrics.enabled:
+        yield None
+        return
+    if settings.metrics.dir:
+        directory = Path(settings.metrics.dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):  # prometheus-client's files only: the directory may hold others
+            stale.unlink(missing_ok=True)
+        yield str(directory)
+        return
+    own = tempfile.mkdtemp(prefix="notifier-worker-metrics-")
+    try:
+        yield own
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def _run_dramatiq(args: argparse.Namespace) -> int:
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
 
-    settings_module.load()  # fail here, once, rather than in every forked process
     dramatiq_args = make_argument_parser().parse_args(
         [
             "notifier.worker.app:setup",  # each worker process builds its broker and actors with this
@@ -132,7 +177,8 @@ def run_worker(args: argparse.Namespace) -> None:
             str(DRAIN_TIMEOUT_MS),
         ]
     )
-    sys.exit(dramatiq_main(dramatiq_args))
+    code: int = dramatiq_main(dramatiq_args)
+    return code
 
 
 def run_scheduler(args: argparse.Namespace) -> None:
@@ -143,6 +189,7 @@ def run_scheduler(args: argparse.Namespace) -> None:
 
     settings = settings_module.load()
     configure_logging(settings.log.level)
+    exposition = _serve_metrics(settings.metrics, settings.scheduler.metrics_port)
     broker = install_broker(settings)
     resources = Resources(settings)  # the relay's pool; the tick only needs declaring, to be sent
     schedules.declare(broker, resources.rules)
@@ -167,6 +214,26 @@ def run_scheduler(args: argparse.Namespace) -> None:
     finally:
         stop.set()
         relay.join(timeout=10)
+        if exposition is not None:
+            exposition.shutdown()
+
+
+def _serve_metrics(config: settings_module.MetricsSettings, port: int) -> WSGIServer | None:
+    """Count this process's metrics on prometheus-client's default registry (with its ``process_*``
+    and ``python_*`` families) and serve them on ``NOTIFIER_METRICS_HOST:port``; ``None`` when off."""
+    if not config.enabled:
+        return None
+    from prometheus_client import start_http_server
+
+    from notifier.observability import metrics
+
+    metrics.install("scheduler")
+    try:
+        server, _ = start_http_server(port, addr=config.host)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve metrics on {config.host}:{port}: {exc}") from None
+    logger.info("serving metrics", extra={"host": config.host, "port": port})
+    return server
 
 
 def run_migrate(args: argparse.Namespace) -> None:
@@ -197,6 +264,8 @@ def run_dev(args: argparse.Namespace) -> None:
                 env.setdefault("NOTIFIER_AUTH_DISABLED", "true")
             # Local use: a webhook receiver on this machine is the usual first target.
             env.setdefault("NOTIFIER_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
+            # ... and metrics for this machine only.
+            env.setdefault("NOTIFIER_METRICS_HOST", "127.0.0.1")
             settings_module.load(env)
             from notifier.store.schema import migrate
 
@@ -229,6 +298,13 @@ def _serve_dev(args: argparse.Namespace, env: dict[str, str], data_dir: Path) ->
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
     extra = {"api": ["--host", args.host, "--port", str(args.port)]}
+    settings = settings_module.load(env)
+    metrics = (
+        f"  metrics    {base}/metrics, worker http://{settings.metrics.host}:{settings.worker.metrics_port}/metrics,"
+        f" scheduler http://{settings.metrics.host}:{settings.scheduler.metrics_port}/metrics\n"
+        if settings.metrics.enabled
+        else ""
+    )
     children = {
         name: subprocess.Popen(
             [sys.executable, "-m", "notifier", *command, *extra.get(name, [])], env=env, start_new_session=True
@@ -240,6 +316,7 @@ def _serve_dev(args: argparse.Namespace, env: dict[str, str], data_dir: Path) ->
         f"  API        {base}   (GET / leads to the docs)\n"
         f"  API docs   {base}/schema   (OpenAPI: {base}/schema/openapi.json)\n"
         f"  queues     {base}/dramatiq\n"
+        f"{metrics}"
         f"  data       {data_dir}\n"
         f"  database   {env['NOTIFIER_DATABASE_URL']}\n"
         f"  redis      {env['NOTIFIER_REDIS_URL']}\n"

@@ -70,7 +70,11 @@ class RedisSettings(Group, frozen=True, kw_only=True):
 class ApiSettings(Group, frozen=True, kw_only=True):
     env_group: ClassVar[str] = "API"
     keys: Annotated[
-        list[str], _doc("Comma-separated bearer keys; every route but /healthz, /readyz and /static/ needs one.")
+        list[str],
+        _doc(
+            "Comma-separated bearer keys; every route but /healthz, /readyz, /static/ and /metrics (unless"
+            " NOTIFIER_METRICS_AUTH=true) needs one."
+        ),
     ] = []
     host: Annotated[str, _doc("Address `notifier api` binds.")] = "127.0.0.1"
     port: Annotated[int, _doc("Port `notifier api` binds."), msgspec.Meta(ge=0, le=65535)] = 8000
@@ -254,8 +258,9 @@ class MetricsSettings(Group, frozen=True, kw_only=True):
     dir: Annotated[
         str,
         _doc(
-            "Directory the worker's processes share their metrics through (Prometheus multiprocess mode); emptied"
-            " as `notifier worker` starts. Empty: a directory of its own under the system's temporary directory."
+            "Directory the worker's processes share their metrics through (Prometheus multiprocess mode), one per"
+            " `notifier worker`; its `*.db` files are removed as it starts. Empty: a directory of its own under the"
+            " system's temporary directory, removed as it stops."
         ),
     ] = ""
 

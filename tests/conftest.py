@@ -161,12 +161,20 @@ def notifier_env(database_url: str, redis_url: str, namespace: str, **extra: str
     """A process environment with only this test's NOTIFIER_* settings.
 
     Webhooks may reach the local peers (on loopback, refused by default) unless ``extra`` says otherwise.
+    The worker's and the scheduler's metrics servers listen on loopback, on free ports of their own
+    (so that tests running at once never collide on the defaults).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_") and k != "PROMETHEUS_MULTIPROC_DIR"}
     env.update(
         NOTIFIER_DATABASE_URL=database_url,
         NOTIFIER_REDIS_URL=redis_url,
         NOTIFIER_REDIS_NAMESPACE=namespace,
-        **{"NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": PEER_NETWORKS, **extra},
+        **{
+            "NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": PEER_NETWORKS,
+            "NOTIFIER_METRICS_HOST": "127.0.0.1",
+            "NOTIFIER_WORKER_METRICS_PORT": str(free_port()),
+            "NOTIFIER_SCHEDULER_METRICS_PORT": str(free_port()),
+            **extra,
+        },
     )
     return env

@@ -23,8 +23,10 @@ from notifier.api.errors import HANDLERS
 from notifier.api.events import EventController
 from notifier.api.health import healthz, readyz
 from notifier.api.intake import check_request
+from notifier.api.metrics import Gauges, QueueReader, metrics_controller, prometheus_config
 from notifier.api.notifications import NotificationController
 from notifier.api.rules import RuleController
+from notifier.observability import metrics
 from notifier.services import AsyncEnqueue
 from notifier.services.events import Events
 from notifier.services.notifications import Notifications
@@ -32,9 +34,20 @@ from notifier.services.rules import Rules
 from notifier.settings import Settings
 
 
-def create_app(settings: Settings, broker: RedisBroker, enqueue: AsyncEnqueue, tick: Callable[[], None]) -> Litestar:
+def create_app(
+    settings: Settings,
+    broker: RedisBroker,
+    enqueue: AsyncEnqueue,
+    tick: Callable[[], None],
+    queues: QueueReader,
+) -> Litestar:
     """Build the API from ``settings``; ``enqueue`` puts delivery messages on ``broker``, ``tick``
-    asks for a scheduler tick."""
+    asks for a scheduler tick, ``queues`` reads the queues' depths for ``/metrics`` (which is there
+    unless ``NOTIFIER_METRICS_ENABLED=false``)."""
+    if settings.metrics.enabled:
+        metrics.install("api")
+    else:
+        metrics.disable()
     configured = channels.configured(settings)
     service = Notifications(settings, enqueue, configured)
     rules = Rules(configured, tick, policy=service.policy, budget=settings.template.render_budget)
@@ -64,13 +77,20 @@ def create_app(settings: Settings, broker: RedisBroker, enqueue: AsyncEnqueue, t
         return events
 
     middleware: list[Any] = []
+    handlers: list[Any] = []
+    if settings.metrics.enabled:
+        gauges = Gauges(service, queues, lambda: app.state.redis, settings.redis.namespace)
+        public = not settings.metrics.auth or not settings.api.keys
+        handlers.append(metrics_controller(gauges, public=public))
+        middleware.append(prometheus_config().middleware)  # outermost: it counts refused requests too
     if settings.api.keys:
-        middleware.append(ApiKeyMiddleware(settings.api.keys))
+        middleware.append(ApiKeyMiddleware(settings.api.keys, public_metrics=not settings.metrics.auth))
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             healthz,
             readyz,
+            *handlers,
             NotificationController,
             DeadLetterController,
             RuleController,
@@ -109,3 +129,4 @@ def create_app(settings: Settings, broker: RedisBroker, enqueue: AsyncEnqueue, t
         logging_config=None,
         debug=False,
     )
+    return app

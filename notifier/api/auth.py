@@ -1,5 +1,5 @@
-"""Bearer API keys: every route but health, readiness, metrics and the vendored static assets needs
-``Authorization: Bearer <key>``."""
+"""Bearer API keys: every route but health, readiness, metrics (unless ``NOTIFIER_METRICS_AUTH=true``)
+and the vendored static assets needs ``Authorization: Bearer <key>``."""
 
 from __future__ import annotations
 
@@ -30,8 +30,10 @@ class ApiKeyMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
     exclude_path_pattern = (*(f"^{p}$" for p in PUBLIC_PATHS), *(f"^{p}" for p in PUBLIC_PREFIXES))
 
-    def __init__(self, keys: Sequence[str]) -> None:
+    def __init__(self, keys: Sequence[str], *, public_metrics: bool = True) -> None:
         self.keys = [key.encode() for key in keys]
+        if not public_metrics:
+            self.exclude_path_pattern = tuple(p for p in self.exclude_path_pattern if p != "^/metrics$")
 
     def authorized(self, scope: Scope) -> bool:
         for name, value in scope.get("headers", ()):

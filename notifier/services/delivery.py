@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
 
 from notifier.channels.base import Channel as ChannelImpl
 from notifier.domain import Channel, Notification, Status
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError, UnusableRow
+from notifier.observability import metrics
 from notifier.settings import DeliveryPolicy, Settings
 from notifier.store.delivery import Deliveries, Outcome, Pool
 
@@ -74,6 +77,7 @@ class Dispatcher:
                 "notification failed: its row cannot be used",
                 extra={"notification_id": str(exc.notification_id), "error": exc.reason},
             )
+            metrics.delivered(metrics.UNKNOWN_CHANNEL, "abandoned")
             return Delivered("failed", reason=exc.reason)
 
     def _deliver(self, notification_id: uuid.UUID) -> Delivered | NotDue:
@@ -85,13 +89,22 @@ class Dispatcher:
         policy = self.policies[notification.channel]
         log = {"notification_id": str(notification.id), "channel": notification.channel, "attempt": number}
         channel = self.channels.get(notification.channel)
+        due = notification.send_at or notification.created_at
+        if number == 1:
+            metrics.first_attempt(notification.channel, _since(due))
+        started = time.perf_counter()
         try:
             if channel is None:
                 raise PermanentDeliveryError(f"channel {notification.channel!r} is not configured on this worker")
-            provider_message_id = channel.send(notification)
+            try:
+                provider_message_id = channel.send(notification)
+            finally:
+                metrics.provider_call(notification.channel, time.perf_counter() - started)
         except PermanentDeliveryError as exc:
+            metrics.delivered(notification.channel, "permanent_error")
             return self._fail(notification, number, exc.outcome, exc.reason, log)
         except TransientDeliveryError as exc:
+            metrics.delivered(notification.channel, "timeout" if exc.outcome == "timeout" else "transient_error")
             if attempt >= policy.max_attempts:
                 return self._fail(notification, number, exc.outcome, exc.reason, log)
             self._retry(notification, number, exc.outcome, exc.reason, log)
@@ -100,11 +113,15 @@ class Dispatcher:
             # Dramatiq's TimeLimit interrupts a hung call with an exception of its own; anything
             # unexpected is recorded too, and the message is retried by the middleware.
             outcome = "timeout" if "TimeLimit" in type(exc).__name__ else "error"
+            metrics.delivered(notification.channel, "timeout" if outcome == "timeout" else "transient_error")
             reason = f"{type(exc).__name__}: {exc}"
             if attempt >= policy.max_attempts:
                 return self._fail(notification, number, outcome, reason, log)
             self._retry(notification, number, outcome, reason, log)
             raise
+        metrics.delivered(notification.channel, "sent")
+        if notification.attempt_base == 0:  # a replay's latency would count the time it lay failed
+            metrics.sent(notification.channel, _since(due))
         self.deliveries.finish(
             Outcome(notification.id, number, Status.SENT, "sent", provider_message_id=provider_message_id)
         )
@@ -117,14 +134,15 @@ class Dispatcher:
             logger.warning(
                 "message for an unknown notification dropped", extra={"notification_id": str(notification_id)}
             )
+            metrics.delivered(metrics.UNKNOWN_CHANNEL, "abandoned")
             return Delivered("skipped")
-        status, wait = state
-        if status in (Status.SCHEDULED, Status.QUEUED) and wait > 0:
-            return NotDue(int(wait * 1000) + 1)
+        if state.status in (Status.SCHEDULED, Status.QUEUED) and state.wait > 0:
+            return NotDue(int(state.wait * 1000) + 1)
         logger.info(
             "notification not claimable, message dropped",
-            extra={"notification_id": str(notification_id), "status": status},
+            extra={"notification_id": str(notification_id), "status": state.status},
         )
+        metrics.delivered(state.channel, "abandoned")
         return Delivered("skipped")
 
     def _retry(
@@ -139,3 +157,8 @@ class Dispatcher:
         self.deliveries.finish(Outcome(notification.id, number, Status.FAILED, outcome, reason))
         logger.error("notification failed", extra={**log, "outcome": outcome, "error": reason})
         return Delivered("failed", notification, reason)
+
+
+def _since(due: datetime) -> float:
+    """Seconds from ``due`` until now (by this machine's clock)."""
+    return (datetime.now(UTC) - due).total_seconds()

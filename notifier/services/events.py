@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from notifier.domain import (
 )
 from notifier.domain.rules import EVENT_TYPE
 from notifier.errors import EventNotFound, IdempotencyConflict, InvalidNotification
+from notifier.observability import metrics
 from notifier.services import now
 from notifier.services.notifications import Notifications
 from notifier.store import events as store
@@ -126,7 +128,10 @@ class Events:
                             "event rule failed",
                             extra={"event_id": str(event.id), "rule_id": str(rule.id), "error": made.failure},
                         )
-        await self.notifications.enqueue_due([n for n in created if n.status is Status.QUEUED], current)
+        queued = [n for n in created if n.status is Status.QUEUED]
+        for channel, count in Counter(n.channel for n in queued).items():
+            metrics.accepted(channel, "event", count)
+        await self.notifications.enqueue_due(queued, current)
         return Published(event, created, created=True)
 
     def _render_limiter(self) -> anyio.CapacityLimiter:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ from notifier.errors import (
     NotificationNotFound,
     NotifierError,
 )
+from notifier.observability import metrics
 from notifier.services import AsyncEnqueue, delay_ms, now
 from notifier.settings import Settings
 from notifier.store import notifications as store
@@ -99,6 +101,7 @@ class Notifications:
         if stored is None:
             assert new.idempotency_key is not None
             return await self._replay(new)
+        metrics.accepted(stored.channel, "api")
         await self.enqueue_due([stored], current)
         return Accepted(stored, created=True)
 
@@ -138,7 +141,10 @@ class Notifications:
                     answers[position] = IdempotencyConflict(new.idempotency_key)
                 else:
                     answers[position] = Accepted(found[0], created=False)
-            await self.enqueue_due([n for n in stored if n is not None], current)
+            created = [n for n in stored if n is not None]
+            for channel, count in Counter(n.channel for n in created).items():
+                metrics.accepted(channel, "batch", count)
+            await self.enqueue_due(created, current)
         return [a for a in answers if a is not None]
 
     async def _replay(self, new: NewNotification) -> Accepted:
@@ -183,6 +189,10 @@ class Notifications:
     async def ready(self) -> None:
         """Raise unless PostgreSQL answers."""
         await store.ping()
+
+    async def counts(self) -> dict[Status, int]:
+        """How many notifications have each status."""
+        return await store.count_by_status()
 
     async def retry(self, notification_id: uuid.UUID) -> Notification:
         """Replay one failed notification: new attempts on the same notification."""

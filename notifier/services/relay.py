@@ -13,6 +13,7 @@ import threading
 import time
 from datetime import datetime, timedelta
 
+from notifier.observability import metrics
 from notifier.services import Enqueue, delay_ms, now
 from notifier.settings import Settings
 from notifier.store import outbox
@@ -63,6 +64,7 @@ class Relay:
                 limit=RELAY_BATCH,
             ),
         )
+        metrics.relayed(done.reasons)
         for notification_id, reason in done.failed.items():
             logger.error(
                 "notification failed: its row cannot be relayed",

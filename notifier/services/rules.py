@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -29,6 +30,7 @@ from notifier.domain import (
 from notifier.domain.addresses import PUBLIC_ONLY, AddressPolicy
 from notifier.domain.rules import RULE_FAILURE_LIMIT, check_renders
 from notifier.errors import InvalidNotification, RuleNotFound, ServiceUnavailable
+from notifier.observability import metrics
 from notifier.services import now
 from notifier.settings import Settings
 from notifier.store import firings as firing_store
@@ -203,6 +205,7 @@ class RuleScheduler:
         except Exception as exc:
             logger.exception("rule could not fire; it is retried at the next tick", extra={"rule_id": str(rule.id)})
             self._record_failure(rule, f"the rule could not fire: {type(exc).__name__}: {exc}")
+            metrics.rule_firings("failed")
             return 0
         # A firing that made nothing counts against the rule; one bad recipient among good ones does not.
         failure = made[0][1].failure if made and all(m.failure for _, m in made) else None
@@ -211,17 +214,30 @@ class RuleScheduler:
                 if not firing_store.lock_unchanged(conn, rule):
                     return 0  # changed, deleted or taken by another tick while it rendered
                 created = 0
+                to_deliver: Counter[Channel] = Counter()
                 for _, m in made:
                     status = Status.FAILED if m.failure else Status.SCHEDULED
-                    created += firing_store.insert_notification(
+                    inserted = firing_store.insert_notification(
                         conn, m.notification, status=status, last_error=m.failure, rule_id=rule.id
                     )
+                    created += inserted
+                    if inserted and not m.failure:
+                        to_deliver[m.notification.channel] += 1
                 firing_store.set_next_fire_at(conn, rule.id, next_fire_at)
                 disabled = firing_store.record_outcome(conn, rule.id, failure=failure, limit=RULE_FAILURE_LIMIT)
         except Exception as exc:
             logger.exception("rule could not fire; it is retried at the next tick", extra={"rule_id": str(rule.id)})
             self._record_failure(rule, f"the rule could not fire: {type(exc).__name__}: {exc}")
+            metrics.rule_firings("failed")
             return 0
+        for channel, count in to_deliver.items():
+            metrics.accepted(channel, "rule", count)
+        delivers: dict[datetime, bool] = {}  # per firing: did it make a notification to deliver?
+        for at, m in made:
+            delivers[at] = delivers.get(at, False) or not m.failure
+        fired = sum(delivers.values())
+        metrics.rule_firings("fired", fired)
+        metrics.rule_firings("failed", len(delivers) - fired)
         for at in sorted({at for at, m in made if m.failure}):
             reason = next(m.failure for fired, m in made if fired == at and m.failure)
             logger.error(

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import msgspec
 import psycopg
@@ -129,16 +129,25 @@ def _configure(conn: Connection[DictRow]) -> None:
     set_json_loads(msgspec.json.decode, conn)  # the json module took a tenth of a delivery's CPU
 
 
-def status_of(pool: Pool, notification_id: uuid.UUID) -> tuple[Status, float] | None:
-    """The status, and how many seconds (by the database's clock) until ``send_at``; 0 if due."""
+class State(NamedTuple):
+    """Where a notification stands, for a message that could not claim it."""
+
+    status: Status
+    wait: float
+    """Seconds (by the database's clock) until ``send_at``; 0 if due."""
+    channel: str
+
+
+def status_of(pool: Pool, notification_id: uuid.UUID) -> State | None:
+    """The notification's status, how long until it is due, and its channel."""
     with pool.connection() as conn:
         row = conn.execute(
-            "SELECT status, CASE WHEN isfinite(send_at)"
+            "SELECT status, channel, CASE WHEN isfinite(send_at)"
             " THEN GREATEST(0, EXTRACT(EPOCH FROM send_at - now()))::float END AS wait"
             " FROM notifications WHERE id = %s",
             (notification_id,),
         ).fetchone()
-    return (Status(row["status"]), row["wait"] or 0.0) if row else None
+    return State(Status(row["status"]), row["wait"] or 0.0, row["channel"]) if row else None
 
 
 ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
@@ -277,7 +286,7 @@ class Deliveries:
                 time.sleep(pause)
                 self.pool.check()  # drop the pool's connections the server has closed meanwhile
 
-    def status_of(self, notification_id: uuid.UUID) -> tuple[Status, float] | None:
+    def status_of(self, notification_id: uuid.UUID) -> State | None:
         return status_of(self.pool, notification_id)
 
     def _claim_group(self, ids: list[uuid.UUID]) -> list[Notification | BaseException | None]:

@@ -176,6 +176,15 @@ async def ping() -> None:
     await T.raw("SELECT 1")
 
 
+async def count_by_status() -> dict[Status, int]:
+    """How many notifications have each status (every status, 0 for none): one statement, an
+    index-only scan of ``notifications_status_created_at_id``."""
+    counts = dict.fromkeys(Status, 0)
+    for row in await _fetch("SELECT status, count(*) AS n FROM notifications GROUP BY status"):
+        counts[Status(row["status"])] = row["n"]
+    return counts
+
+
 _REPLAY = """
 UPDATE notifications
 SET status = 'queued', attempt_base = attempts, enqueued_at = NULL, updated_at = {}::timestamptz

@@ -12,10 +12,11 @@ mid-delivery). :func:`next_due` tells the relay when to wake for the next schedu
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from notifier.errors import UnusableRow
 from notifier.store.delivery import Pool, fail_row, read_rows, reason_for
@@ -24,8 +25,18 @@ from notifier.store.delivery import Pool, fail_row, read_rows, reason_for
 # period: it marks the row enqueued just after.
 _NOT_THE_APIS = "(created_at <= %(fresh)s OR COALESCE(send_at, created_at) > created_at + %(ahead)s)"
 
+# Why the relay takes a row never enqueued: a rule's firing, or a row the API did not enqueue
+# itself because it was not due within the horizon, fell due; a row the API should have enqueued
+# (an event's, or one due within the horizon when accepted) was missed by its enqueue.
+_REASON = """CASE
+    WHEN enqueued_at IS NOT NULL THEN 'lost'
+    WHEN rule IS NOT NULL AND event IS NULL THEN 'due'
+    WHEN COALESCE(send_at, created_at) <= created_at + %(ahead)s THEN 'missed'
+    ELSE 'due'
+END AS reason"""
+
 _DUE = f"""
-SELECT id, send_at FROM notifications
+SELECT id, send_at, {_REASON} FROM notifications
 WHERE status IN ('scheduled', 'queued', 'retrying')
   AND COALESCE(send_at, created_at) <= %(horizon)s
   AND (
@@ -39,7 +50,7 @@ FOR UPDATE SKIP LOCKED
 """  # noqa: S608 - composed of constants
 
 _LAPSED = """
-SELECT id, send_at FROM notifications
+SELECT id, send_at, 'lease_expired' AS reason FROM notifications
 WHERE status = 'sending' AND updated_at <= %(lapsed)s
 ORDER BY updated_at
 LIMIT %(limit)s
@@ -48,7 +59,7 @@ FOR UPDATE SKIP LOCKED
 
 
 _SCHEDULED = f"""
-SELECT id, send_at FROM notifications
+SELECT id, send_at, {_REASON} FROM notifications
 WHERE status = 'scheduled' AND send_at <= %(horizon)s AND enqueued_at IS NULL AND {_NOT_THE_APIS}
 ORDER BY send_at
 LIMIT %(limit)s
@@ -68,18 +79,27 @@ FOR UPDATE SKIP LOCKED
 _BEYOND_REASON = "send_at lies beyond year 9999, a time no driver can read: it will never be due"
 
 
+Reason = Literal["due", "missed", "lost", "lease_expired"]
+"""Why a row was taken: ``due`` (a scheduled notification fell due, or a rule fired), ``missed`` (the
+API's own enqueue failed), ``lost`` (enqueued long ago, never delivered), ``lease_expired`` (left
+``sending`` past its lease by a worker that died)."""
+
+
 @dataclass(frozen=True)
 class Pending:
     id: uuid.UUID
     send_at: datetime | None
+    reason: Reason = "due"
 
 
 @dataclass(frozen=True)
 class Pass:
-    """What a pass did: how many it enqueued, and the notifications it failed instead, with why."""
+    """What a pass did: how many it enqueued (in all, and by reason), and the notifications it failed
+    instead, with why."""
 
     enqueued: int
     failed: dict[uuid.UUID, str] = field(default_factory=dict)
+    reasons: dict[Reason, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -152,11 +172,11 @@ def _take(
             conn.execute(
                 "UPDATE notifications SET enqueued_at = %s WHERE id = ANY(%s)", (window.now, [p.id for p in pending])
             )
-    return Pass(len(pending), failed)
+    return Pass(len(pending), failed, dict(Counter(p.reason for p in pending)))
 
 
 def _pending(row: dict[str, Any]) -> Pending:
-    return Pending(row["id"], row["send_at"])
+    return Pending(row["id"], row["send_at"], row["reason"])
 
 
 _NEXT_DUE = """

@@ -17,6 +17,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import CurrentMessage
 
 from notifier.domain import Notification
+from notifier.observability import metrics
 from notifier.services.delivery import Dispatcher, NotDue, RetryLater
 from notifier.worker.broker import DEAD_LETTER_STREAM_LENGTH, DELIVER_ACTOR, DELIVERY_QUEUE
 
@@ -72,6 +73,7 @@ def declare(
 
 def dead_letter(dead_letters: DeadLetterStream, notification: Notification, reason: str) -> None:
     """Move the message to Dramatiq's dead-letter queue and append the failure to the stream."""
+    metrics.delivered(notification.channel, "dead_lettered")
     message = CurrentMessage.get_current_message()
     if isinstance(message, MessageProxy):  # what the worker actually runs
         message.fail()

@@ -12,14 +12,19 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import dramatiq
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import AgeLimit, Retries
+from prometheus_client import CollectorRegistry
 
 from notifier import channels
 from notifier import settings as settings_module
 from notifier.channels.base import Channel as ChannelImpl
 from notifier.domain import Channel
+from notifier.observability import metrics
 from notifier.observability.logging import configure_logging
 from notifier.services.delivery import Dispatcher
 from notifier.services.rules import RuleScheduler
@@ -27,7 +32,7 @@ from notifier.settings import Settings
 from notifier.store import delivery as delivery_store
 from notifier.worker import actors, schedules
 from notifier.worker.actors import DeadLetterStream
-from notifier.worker.broker import build, dead_letter_stream
+from notifier.worker.broker import DELIVER_ACTOR, build, dead_letter_stream
 
 logger = logging.getLogger("notifier.worker")
 
@@ -88,6 +93,35 @@ class OpenOnBoot(dramatiq.Middleware):
             logger.warning("could not open the database pool at boot", extra={"error": repr(exc)})
 
 
+class CountGivenUp(dramatiq.Middleware):
+    """Counts a delivery message Dramatiq gave up on (its infrastructure retries spent, PostgreSQL
+    away for long) as ``abandoned``. It sits before ``Retries``, so that its ``after`` hook runs after
+    Retries has decided (Dramatiq runs those hooks in reverse order)."""
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if exception is not None and message.failed and message.actor_name == DELIVER_ACTOR:
+            metrics.delivered(metrics.UNKNOWN_CHANNEL, "abandoned")
+
+
+def instrument(broker: dramatiq.Broker) -> None:
+    """Count this worker process's metrics: Dramatiq's Prometheus middleware (whose exposition server
+    serves every process's, from the multiprocess directory ``notifier worker`` set) and notifier's."""
+    # Imported here: the module reads its dramatiq_prom_* variables at import, which `notifier worker`
+    # sets before it starts Dramatiq; nothing else needs it.
+    from dramatiq.middleware.prometheus import Prometheus
+
+    metrics.install("worker", CollectorRegistry())
+    broker.add_middleware(Prometheus(), before=AgeLimit)  # where Dramatiq's default middleware puts it
+    broker.add_middleware(CountGivenUp(), before=Retries)
+
+
 @dataclass(frozen=True)
 class Actors:
     deliver_notification: dramatiq.Actor[[str], None]
@@ -117,4 +151,6 @@ def setup() -> None:
     settings = settings_module.load()
     configure_logging(settings.log.level)
     broker = install_broker(settings)
+    if settings.metrics.enabled:
+        instrument(broker)
     declare(broker, Resources(settings), DeadLetterStream(broker.client, dead_letter_stream(settings)))

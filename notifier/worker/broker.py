@@ -20,7 +20,7 @@ import redis
 import redis.asyncio
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import current_millis, dq_name
+from dramatiq.common import current_millis, dq_name, xq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import (
     AgeLimit,
@@ -33,6 +33,7 @@ from dramatiq.middleware import (
 )
 from periodiq import PeriodiqMiddleware
 
+from notifier.observability.metrics import QueueDepth
 from notifier.services import Enqueue
 from notifier.settings import Settings
 
@@ -183,6 +184,47 @@ class _Consumer(_RedisConsumer):
 def dead_letter_stream(settings: Settings) -> str:
     """The capped Redis Stream every final failure is appended to: ``notifier:dead-letters`` by default."""
     return f"{settings.redis.namespace}:{DEAD_LETTER_STREAM}"
+
+
+QUEUES = (DELIVERY_QUEUE, SCHEDULE_QUEUE)
+
+
+_message_times = msgspec.json.Decoder(dict[str, Any])
+
+
+async def queue_depths(client: redis.asyncio.Redis, namespace: str) -> tuple[dict[str, QueueDepth], int]:
+    """Every queue's :class:`~notifier.observability.metrics.QueueDepth`, and the dead-letter stream's
+    length: two round trips, read
+    from Dramatiq's key layout (``<ns>:<queue>``, ``.DQ``, ``.XQ``, ``.msgs``, ``__acks__``)."""
+    first = client.pipeline(transaction=False)
+    for queue in QUEUES:
+        first.llen(f"{namespace}:{queue}")
+        first.llen(f"{namespace}:{dq_name(queue)}")
+        first.zcard(f"{namespace}:{xq_name(queue)}")
+        first.lindex(f"{namespace}:{queue}", 0)
+    first.zrange(f"{namespace}:__heartbeats__", 0, -1)
+    first.xlen(f"{namespace}:{DEAD_LETTER_STREAM}")
+    answers = await first.execute()
+    *per_queue, workers, dead_letters = answers
+    second = client.pipeline(transaction=False)
+    for position, queue in enumerate(QUEUES):
+        second.hget(f"{namespace}:{queue}.msgs", per_queue[position * 4 + 3] or b"")
+        for worker in workers:
+            second.scard(f"{namespace}:__acks__.{worker.decode()}.{dq_name(queue)}")
+    held = await second.execute()
+    now_ms = current_millis()
+    depths: dict[str, QueueDepth] = {}
+    for position, queue in enumerate(QUEUES):
+        ready, waiting, dead, _ = per_queue[position * 4 : position * 4 + 4]
+        start = position * (len(workers) + 1)
+        oldest, fetched = held[start], held[start + 1 : start + 1 + len(workers)]
+        age = 0.0
+        if ready and oldest is not None:
+            message = _message_times.decode(oldest)
+            since = max(message.get("message_timestamp") or 0, (message.get("options") or {}).get("eta") or 0)
+            age = max(0.0, (now_ms - since) / 1000)
+        depths[queue] = QueueDepth(ready=ready, delayed=waiting + sum(fetched), dead=dead, oldest_ready_age=age)
+    return depths, dead_letters
 
 
 def ticker(broker: RedisBroker) -> Callable[[], None]:

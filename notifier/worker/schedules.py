@@ -16,6 +16,7 @@ from typing import Any
 import dramatiq
 from periodiq import Scheduler, cron
 
+from notifier.observability import metrics
 from notifier.services.rules import RuleScheduler
 from notifier.worker.broker import FIRE_SCHEDULES_ACTOR, SCHEDULE_QUEUE
 
@@ -39,6 +40,7 @@ def declare(broker: dramatiq.Broker, rules: Callable[[], RuleScheduler]) -> dram
     def fire_schedules() -> None:
         """Turn the firings of schedule rules due within the lookahead into notifications."""
         rules().fire_due()
+        metrics.tick()
 
     return fire_schedules
 
@@ -52,3 +54,6 @@ class TickScheduler(Scheduler):  # type: ignore[misc]
             super().send_actors(actors, now)
         except Exception as exc:
             logger.warning("could not send the scheduler tick; the next one catches up", extra={"error": repr(exc)})
+            return
+        for _ in actors:
+            metrics.tick_sent()

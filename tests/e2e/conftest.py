@@ -25,8 +25,12 @@ API_KEY = "e2e-key"
 class Process:
     """A child process whose output goes to a log file; stopped with SIGTERM, then SIGKILL."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], log_dir: Path, metrics_port: int | None = None
+    ) -> None:
         self.name = name
+        self.metrics_port = metrics_port
+        """Where its metrics are served on loopback (a worker's or a scheduler's), if anywhere."""
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(
@@ -45,6 +49,11 @@ class Process:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    @property
+    def metrics_url(self) -> str:
+        assert self.metrics_port is not None, f"{self.name} serves no metrics"
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
         if self.popen.poll() is None:
@@ -76,13 +85,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 
 
 class Stack:
-    """The API, a worker and (unless told otherwise) a scheduler, with a client for the API."""
+    """The API, a worker and (unless told otherwise) a scheduler, with a client for the API.
 
-    def __init__(self, env: dict[str, str], log_dir: Path, *, schedulers: int = 1) -> None:
-        self.env, self.log_dir = env, log_dir
+    Each worker and scheduler serves its metrics on a free port of its own (``Process.metrics_url``),
+    each worker with a multiprocess directory of its own under the log directory.
+    """
+
+    def __init__(self, env: dict[str, str], log_dir: Path, *, schedulers: int = 1, processes: int = 1) -> None:
+        self.env, self.log_dir, self.worker_processes = env, log_dir, processes
         self.port = free_port()
         self.api = Process("api", ["api", "--port", str(self.port)], env, log_dir)
-        self.worker = Process("worker", ["worker", "--processes", "1", "--threads", "4"], env, log_dir)
+        self.worker = self._worker("worker", ["--processes", str(processes), "--threads", "4"])
         self.schedulers = [self.start_scheduler() for _ in range(schedulers)]
         self.extra_workers: list[Process] = []
         self.client = httpx.Client(
@@ -93,21 +106,33 @@ class Stack:
     def processes(self) -> list[Process]:
         return [self.api, self.worker, *self.extra_workers, *self.schedulers]
 
+    def _worker(self, name: str, args: list[str]) -> Process:
+        port = free_port()
+        env = {
+            **self.env,
+            "NOTIFIER_WORKER_METRICS_PORT": str(port),
+            "NOTIFIER_METRICS_DIR": str(self.log_dir / f"{name}-metrics"),
+        }
+        return Process(name, ["worker", *args], env, self.log_dir, metrics_port=port)
+
     def start_worker(self, *args: str) -> Process:
         """Another worker process (e.g. to replace one that was killed)."""
-        worker = Process(f"worker-{len(self.extra_workers) + 2}", ["worker", *args], self.env, self.log_dir)
+        worker = self._worker(f"worker-{len(self.extra_workers) + 2}", list(args))
         self.extra_workers.append(worker)
         return worker
 
     def start_scheduler(self) -> Process:
-        return Process(f"scheduler-{len(getattr(self, 'schedulers', []))}", ["scheduler"], self.env, self.log_dir)
+        port = free_port()
+        env = {**self.env, "NOTIFIER_SCHEDULER_METRICS_PORT": str(port)}
+        name = f"scheduler-{len(getattr(self, 'schedulers', []))}"
+        return Process(name, ["scheduler"], env, self.log_dir, metrics_port=port)
 
     def wait_ready(self) -> None:
         def ready() -> bool:
             for process in self.processes:
                 assert process.popen.poll() is None, f"{process.name} exited:\n{process.log()}"
             ok = self.client.get("/readyz").status_code == 200
-            return ok and "Worker process is ready" in self.worker.log()
+            return ok and self.worker.log().count("Worker process is ready") >= self.worker_processes
 
         wait_until(ready, 60, "the API and the worker to be ready")
 
@@ -167,8 +192,8 @@ def start_stack(
     )
     started: list[Stack] = []
 
-    def start(*, schedulers: int = 1, **extra: str) -> Stack:
-        running = Stack({**base, **extra}, tmp_path, schedulers=schedulers)
+    def start(*, schedulers: int = 1, processes: int = 1, **extra: str) -> Stack:
+        running = Stack({**base, **extra}, tmp_path, schedulers=schedulers, processes=processes)
         started.append(running)
         running.wait_ready()
         return running

@@ -20,6 +20,8 @@ def start_dev(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     """``notifier dev`` as a terminal runs it: the leader of its own process group, and without
     XDG_RUNTIME_DIR (as in a container or under su)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_") and k != "XDG_RUNTIME_DIR"}
+    # Metrics ports of its own: another run on this machine may hold the defaults.
+    env.update(NOTIFIER_WORKER_METRICS_PORT=str(free_port()), NOTIFIER_SCHEDULER_METRICS_PORT=str(free_port()))
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "notifier", "dev", "--data-dir", str(data_dir), "--port", str(port)],

@@ -10,7 +10,7 @@ from litestar.testing import TestClient
 from notifier import settings as settings_module
 from notifier.settings import Settings
 from notifier.store import delivery as delivery_store
-from notifier.worker.broker import AsyncEnqueuer, build, ticker
+from notifier.worker.broker import AsyncEnqueuer, build, queue_depths, ticker
 from tests.conftest import notifier_env
 
 
@@ -25,7 +25,7 @@ def make_app(settings: Settings) -> Litestar:
     from notifier.api.app import create_app
 
     broker = build(settings)
-    return create_app(settings, broker, AsyncEnqueuer(broker, settings.redis.url), ticker(broker))
+    return create_app(settings, broker, AsyncEnqueuer(broker, settings.redis.url), ticker(broker), queue_depths)
 
 
 @pytest.fixture

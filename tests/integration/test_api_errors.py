@@ -268,12 +268,12 @@ class TestOpenApi:
         }
         assert schema["security"] == [{"bearer": []}]
         public = {path for path, _, op in self.operations(schema) if op.get("security") == [{}]}
-        assert public == {"/healthz", "/readyz"}
+        assert public == {"/healthz", "/readyz", "/metrics"}
 
     def test_each_operation_declares_its_problems(self, schema: dict[str, Any]) -> None:
         problem_ref = {"$ref": "#/components/schemas/Problem"}
         for path, method, operation in self.operations(schema):
-            if path in {"/healthz", "/readyz"}:
+            if path in {"/healthz", "/readyz", "/metrics"}:
                 continue
             responses = operation["responses"]
             where = f"{method.upper()} {path}"

@@ -259,7 +259,7 @@ def test_a_status_check_of_an_infinite_row_answers(pool: ConnectionPool) -> None
     deliveries = Deliveries(pool, lease=60)
     for send_at in ("infinity", "-infinity"):
         notification_id = insert(pool, send_at=send_at)
-        assert deliveries.status_of(notification_id) == (Status.SCHEDULED, 0.0)
+        assert deliveries.status_of(notification_id) == (Status.SCHEDULED, 0.0, "log")
 
 
 def test_psycopg_still_cannot_read_the_poisoned_value(pool: ConnectionPool) -> None:

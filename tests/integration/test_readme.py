@@ -127,7 +127,9 @@ def test_every_route_the_readme_names_exists(settings: Settings) -> None:
     assert missing == [], f"the README names routes the app does not have: {missing}"
 
 
-@pytest.mark.parametrize("route", ["GET /metrics", "POST /notify/batchx", "DELETE /notify", "GET /schema/nothing"])
+@pytest.mark.parametrize(
+    "route", ["GET /metricz", "POST /metrics", "POST /notify/batchx", "DELETE /notify", "GET /schema/nothing"]
+)
 def test_a_route_the_app_lacks_is_caught(settings: Settings, route: str) -> None:
     method, path = route.split()
     assert not _exists(make_app(settings), method, path)

@@ -22,11 +22,13 @@ import psycopg
 import pytest
 import redis
 from dramatiq.brokers.stub import StubBroker
+from prometheus_client import CollectorRegistry
 
 from notifier import settings as settings_module
 from notifier.channels.memory import MemoryChannel
 from notifier.domain import Channel, NewNotification
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError
+from notifier.observability import metrics
 from notifier.settings import Settings
 from notifier.store import delivery as delivery_store
 from notifier.worker import app
@@ -283,3 +285,38 @@ def test_importing_the_worker_modules_needs_no_settings_and_does_no_io(tmp_path:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"io": [], "global_broker": False, "logging_configured": False}
+
+
+def test_a_message_dramatiq_gives_up_on_counts_as_abandoned(settings: Settings) -> None:
+    """PostgreSQL away past every infrastructure retry: no attempt was made, and the metric says so."""
+    real = build(settings)
+    broker = StubBroker(middleware=real.middleware)
+    real.close()
+    broker.add_middleware(app.CountGivenUp(), before=dramatiq.middleware.Retries)
+    broker.emit_after("process_boot")
+
+    def unreachable() -> delivery_store.Pool:
+        raise psycopg.OperationalError("connection refused")
+
+    client = redis.Redis.from_url(settings.redis.url)
+    resources = app.Resources(settings, open_pool=unreachable, open_channels=lambda: {})
+    actors = app.declare(broker, resources, DeadLetterStream(client, dead_letter_stream(settings)))
+    registry = CollectorRegistry()
+    metrics.install("worker", registry)
+    running = dramatiq.Worker(broker, worker_timeout=20, worker_threads=1)
+    running.start()
+    try:
+        actors.deliver_notification.send_with_options(args=(str(uuid.uuid4()),), max_retries=1, min_backoff=10)
+        broker.join(DELIVERY_QUEUE, timeout=15_000, fail_fast=False)
+    finally:
+        running.stop()
+        broker.close()
+        client.close()
+        metrics.disable()
+    assert len(broker.dead_letters) == 1
+    assert (
+        registry.get_sample_value(
+            "notifier_deliveries_total", {"channel": metrics.UNKNOWN_CHANNEL, "outcome": "abandoned"}
+        )
+        == 1
+    )  # once, for the give-up: not for the retry before it

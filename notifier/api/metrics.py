@@ -1,0 +1,220 @@
+"""``GET /metrics``: the API process's Prometheus metrics, and the gauges read at each scrape.
+
+:class:`RequestMetrics` (Litestar's Prometheus middleware, leaner) counts requests per route
+template (``notifier_api_*``); the families of :mod:`notifier.observability.metrics` count what the
+API accepted. At each scrape the controller also reads, without blocking the event loop, the queues
+and the dead-letter stream from Redis and the notifications by status from PostgreSQL (that one
+cached for :data:`STATUS_CACHE_SECONDS`). A backend that does not answer within
+:data:`BACKEND_TIMEOUT` leaves its families out of that scrape (``notifier_backend_up`` says which);
+the scrape still answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, NamedTuple
+
+import redis.asyncio
+from litestar import Response, get
+from litestar.enums import ScopeType
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import SecurityRequirement
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController, PrometheusMiddleware
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+
+from notifier.api.errors import problems
+from notifier.api.health import PUBLIC
+from notifier.observability import metrics
+from notifier.services.notifications import Notifications
+
+logger = logging.getLogger("notifier.api.metrics")
+
+PATH = "/metrics"
+BACKEND_TIMEOUT = 2.0
+"""Seconds a scrape waits for Redis, and for PostgreSQL, at most."""
+STATUS_CACHE_SECONDS = 5.0
+
+QueueReader = Callable[[redis.asyncio.Redis, str], Awaitable[tuple[dict[str, metrics.QueueDepth], int]]]
+"""Reads every queue's depth and the dead-letter stream's length from Redis, in a namespace
+(:func:`notifier.worker.broker.queue_depths`)."""
+
+
+def prometheus_config() -> PrometheusConfig:
+    """Litestar's request metrics, counted by :class:`RequestMetrics`: ``notifier_api_requests_total``,
+    ``…_request_duration_seconds``, ``…_requests_in_progress``, ``…_requests_error_total`` (5xx),
+    labelled by route template (never the raw path: a path no route matches is not counted at all);
+    scrapes of ``/metrics`` itself are not counted."""
+    return PrometheusConfig(
+        app_name="notifier",
+        prefix="notifier_api",
+        group_path=True,
+        exclude=[f"^{PATH}$"],
+        scopes={ScopeType.HTTP},
+        middleware_class=RequestMetrics,
+    )
+
+
+class _Route(NamedTuple):
+    in_progress: Gauge
+    by_status: dict[int, tuple[Counter, Histogram, Counter | None]]
+
+
+class RequestMetrics(PrometheusMiddleware):
+    """Litestar's Prometheus middleware, with its family names and labels, at a quarter of the cost.
+
+    Litestar's builds a ``Request``, label dictionaries and a ``functools.wraps`` of ``send`` for
+    every request and looks each series up under the client library's lock: 16 µs a request, measured
+    alone, where this one, which looks its series up by (method, route template, status) in
+    dictionaries of its own and wraps ``send`` in a plain closure, takes 4 µs. Its in-progress gauge
+    has no ``status_code`` (Litestar's always says 200 there).
+    """
+
+    _families: ClassVar[dict[str, tuple[Counter, Histogram, Gauge, Counter]]] = {}
+
+    def __init__(self, app: ASGIApp, config: PrometheusConfig) -> None:
+        super().__init__(app, config)
+        prefix = config.prefix
+        if prefix not in RequestMetrics._families:  # once per process: the families live on the default registry
+            labels = ["method", "path", "status_code", "app_name"]
+            RequestMetrics._families[prefix] = (
+                Counter(f"{prefix}_requests_total", "Total requests", labels),
+                Histogram(f"{prefix}_request_duration_seconds", "Request duration, in seconds", labels),
+                Gauge(f"{prefix}_requests_in_progress", "Requests in progress", ["method", "path", "app_name"]),
+                Counter(f"{prefix}_requests_error_total", "Requests answered with a 5xx status", labels),
+            )
+        self._requests, self._durations, self._in_progress, self._errors = RequestMetrics._families[prefix]
+        self._routes: dict[tuple[str, str], _Route] = {}
+        self._name = config.app_name
+
+    def _route(self, method: str, path: str) -> _Route:
+        route = self._routes[method, path] = _Route(self._in_progress.labels(method, path, self._name), {})
+        return route
+
+    def _series(self, route: _Route, method: str, path: str, status: int) -> tuple[Counter, Histogram, Counter | None]:
+        labels = (method, path, str(status), self._name)
+        series = route.by_status[status] = (
+            self._requests.labels(*labels),
+            self._durations.labels(*labels),
+            self._errors.labels(*labels) if status >= HTTP_500_INTERNAL_SERVER_ERROR else None,
+        )
+        return series
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        method: str = scope["method"]  # type: ignore[typeddict-item]
+        path = scope["path_template"] or "/"  # the root route's template is ""
+        route = self._routes.get((method, path)) or self._route(method, path)
+        status = HTTP_500_INTERNAL_SERVER_ERROR
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        route.in_progress.inc()
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route.in_progress.dec()
+            requests, durations, errors = route.by_status.get(status) or self._series(route, method, path, status)
+            requests.inc()
+            durations.observe(time.perf_counter() - started)
+            if errors is not None:
+                errors.inc()
+
+
+class Backend:
+    """One backing service the scrape reads, remembered up or down so that a change is logged once."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.up = True
+
+    async def read(self, probe: Awaitable[Any]) -> Any | None:
+        try:
+            found = await asyncio.wait_for(probe, timeout=BACKEND_TIMEOUT)
+        except Exception as exc:
+            if self.up:
+                logger.warning(
+                    "metrics: %s did not answer; its gauges are left out until it does",
+                    self.name,
+                    extra={"error": repr(exc)},
+                )
+            self.up = False
+            return None
+        if not self.up:
+            logger.info("metrics: %s answers again", self.name)
+        self.up = True
+        return found
+
+
+class Gauges:
+    """The gauges read at scrape: the queues and dead letters from Redis, the statuses from PostgreSQL."""
+
+    def __init__(
+        self, service: Notifications, queues: QueueReader, client: Callable[[], redis.asyncio.Redis], namespace: str
+    ) -> None:
+        self.service = service
+        self.queues = queues
+        self.client = client
+        self.namespace = namespace
+        self.redis = Backend("redis")
+        self.postgresql = Backend("postgresql")
+        self._statuses: dict[str, int] | None = None
+        self._statuses_at = -STATUS_CACHE_SECONDS
+        self._lock: asyncio.Lock | None = None
+
+    async def statuses(self) -> dict[str, int] | None:
+        if self._lock is None:  # created on first use, inside the event loop
+            self._lock = asyncio.Lock()
+        async with self._lock:  # one query for concurrent scrapes
+            if time.monotonic() - self._statuses_at >= STATUS_CACHE_SECONDS or not self.postgresql.up:
+                counts = await self.postgresql.read(self.service.counts())
+                self._statuses = None if counts is None else {str(s): n for s, n in counts.items()}
+                self._statuses_at = time.monotonic()
+        return self._statuses
+
+    async def exposition(self) -> bytes:
+        """The text exposition of the process's registry and of the gauges read now."""
+        queues, statuses = await asyncio.gather(
+            self.redis.read(self.queues(self.client(), self.namespace)), self.statuses()
+        )
+        live = metrics.live_families(
+            queues=None if queues is None else queues[0],
+            dead_letters=None if queues is None else queues[1],
+            statuses=statuses,
+            up={"redis": self.redis.up, "postgresql": self.postgresql.up},
+        )
+        return generate_latest(metrics.Chain(REGISTRY, live))
+
+
+def metrics_controller(gauges: Gauges, *, public: bool) -> type[PrometheusController]:
+    """``GET /metrics``, public (``public``) or behind the API keys."""
+    security: list[SecurityRequirement] | None = PUBLIC if public else None
+
+    class MetricsController(PrometheusController):
+        path = "/"  # the handler names the whole path, which the API key middleware's exclusion matches
+
+        @get(
+            PATH,
+            summary="Prometheus metrics",
+            tags=["health"],
+            security=security,
+            media_type=CONTENT_TYPE_LATEST,
+            responses={
+                200: ResponseSpec(str, description="Prometheus text format 0.0.4.", media_type=CONTENT_TYPE_LATEST),
+                **({422: problems()[422]} if public else problems()),
+            },
+        )
+        async def get(self) -> Response[bytes]:
+            """Every family this API process exports (requests, accepted notifications, queues, dead
+            letters, notifications by status) in Prometheus's text format."""
+            return Response(await gauges.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return MetricsController
