@@ -9,7 +9,6 @@ committed ones in ``docs/panels/`` (the README embeds ``docs/panels/overview.png
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import time
 import uuid
@@ -20,12 +19,12 @@ import httpx
 import psycopg
 import pytest
 
+from dashboards import metrics
 from tests.conftest import free_port
 from tests.e2e.conftest import Stack, StartPrometheus, StartStack, wait_until
 from tests.live_queries import check_answered, check_exported, check_rules_evaluate, scraped
 from tests.peers import WebhookPeer
 from tests.prometheus import JOBS, Target
-from tests.promql import alert_expressions, dashboard_expressions, dashboard_panels
 from tests.render import GRID_FILE, render_panels, require_chromium
 
 ROOT = Path(__file__).parents[2]
@@ -159,14 +158,16 @@ def test_every_dashboard_and_alert_query_is_exported_and_answered(
     scheduler = samples_of(f"http://{urls['notifier-scheduler']}/metrics")
     assert has(scheduler, "notifier_relay_enqueued_total", reason="due"), "the relay enqueued nothing due"
 
-    check_exported(dashboard_expressions(DASHBOARD) + alert_expressions(ALERTS), scraped(urls.values()))
+    queries = metrics.expressions(interval="1m")
+    check_exported(queries, scraped(urls.values()))
     prometheus.wait_targets_up(timeout=30)
-    check_answered(prometheus, dashboard_expressions(DASHBOARD), alert_expressions(ALERTS), start)
+    panel_queries = [q for q in queries if q.source.startswith("dashboard:")]
+    check_answered(prometheus, panel_queries, [q for q in queries if q.source.startswith("alert:")], start)
     check_rules_evaluate(prometheus)
 
     require_chromium("the queries passed")
     out = PANELS if os.environ.get("NOTIFIER_TEST_UPDATE_PANELS") else tmp_path / "panels"
-    panels = dashboard_panels(json.loads(DASHBOARD.read_text()))
+    panels = metrics.panels(interval="1m")
     rendered = render_panels(prometheus, panels, start=start - 5, end=time.time(), step=1, out_dir=out)
     assert [r.title for r in rendered if r.series == 0] == [], "panels rendered without data"
     assert (out / GRID_FILE).stat().st_size > 10_000
