@@ -1,7 +1,8 @@
 """Traffic through every outcome the metric contract names, sent to a real stack: the one way the
 end-to-end tests make each happen (``test_metrics.py`` counts it, ``test_dashboards_live.py`` draws it).
 
-Start the stack with :data:`SETTINGS`, then::
+Start the stack with :data:`SETTINGS`, then (as many times as wanted: each wave moves every
+counter again)::
 
     sent = every_outcome(stack, webhook_receiver, sms_gateway, tmp_path)
     settle(stack, sent)
@@ -26,7 +27,7 @@ import httpx
 from tests.conftest import free_port
 from tests.e2e.conftest import Process, Stack, wait_until
 from tests.peers import Request, Response, SmsPeer, WebhookPeer
-from tests.scrape import scrape
+from tests.scrape import Scrape, scrape
 
 LOG = {"channel": "log", "recipient": "ops", "body": "x"}
 BATCH = 2
@@ -80,10 +81,13 @@ class Traffic:
     every_minute: dict[str, Any]
     """A schedule rule, deleted once it has fired."""
     hooks: Webhooks
+    before: Scrape
+    """The worker's metrics before the traffic, to tell this wave's firing and abandoned retry."""
 
 
 def every_outcome(stack: Stack, webhook_receiver: WebhookPeer, sms_gateway: SmsPeer, log_dir: Path) -> Traffic:
     """Send the traffic (waiting only where an order is needed); :func:`settle` waits for the rest."""
+    before = scrape(stack.worker.metrics_url)
     hooks = Webhooks(webhook_receiver)
     sms_gateway.respond(503, json={"message": "busy"})  # the SMS below is cancelled while it waits to retry
     cancelled = stack.notify(channel="sms", recipient="+14155552671", body="cancelled while retrying")
@@ -122,7 +126,7 @@ def every_outcome(stack: Stack, webhook_receiver: WebhookPeer, sms_gateway: SmsP
         "/rules", json={"name": "tick", "schedule": "* * * * *", "channel": "log", "recipients": ["ops"], "body": "b"}
     ).json()  # the API asks for a tick at once, which plans the next firings
     sent.append(missed_by_the_api(stack, log_dir))
-    return Traffic(sent=sent, failed=failed, cancelled=cancelled, every_minute=every_minute, hooks=hooks)
+    return Traffic(sent, failed, cancelled, every_minute, hooks, before)
 
 
 def settle(stack: Stack, traffic: Traffic, timeout: float = 40) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from dashboards.metrics import Panel
 from tests.prometheus import PrometheusServer, Series
@@ -77,6 +78,14 @@ def panel_data(prometheus: PrometheusServer, panel: Panel, start: float, end: fl
                 values[index[t]] = v
         drawn.append({"label": legend(series, query.legend, query.expr), "values": values})
     return {"title": panel.title, "unit": panel.unit, "x": times, "series": drawn}
+
+
+def compact(path: Path, colours: int = 256) -> None:
+    """Rewrite the PNG at ``path`` with a palette of at most ``colours``, undithered: a dark panel
+    has few colours, so it looks the same at about half the size (the README embeds these)."""
+    with Image.open(path) as image:
+        palette = image.convert("RGB").quantize(colors=colours, dither=Image.Dither.NONE)
+    palette.save(path, optimize=True)
 
 
 def slug(title: str) -> str:
@@ -146,10 +155,12 @@ def render_panels(
             for index, (shown, name) in enumerate(zip(data, names, strict=True)):
                 path = out_dir / f"{name}.png"
                 view.locator(f"#panel-{index}").screenshot(path=str(path))
+                compact(path)
                 drawn_series = sum(any(v is not None for v in series["values"]) for series in shown["series"])
                 rendered.append(RenderedPanel(title=shown["title"], path=path, series=drawn_series))
             if grid_file is not None:
                 view.locator("#grid").screenshot(path=str(out_dir / grid_file))
+                compact(out_dir / grid_file)
         finally:
             browser.close()
     return rendered
