@@ -3,8 +3,10 @@
 Every family a notifier process exports (or a library it runs exports for it) is listed once in
 :data:`FAMILIES`, with its type, labels and the Prometheus job that scrapes it. The tests use this
 list to hold ``notifier.json`` and ``alerts.yaml`` to the contract; :func:`expressions` lists every
-PromQL expression of both (so a test can run each against a real Prometheus), and
-:func:`metric_names` reads the series names an expression selects.
+PromQL expression of both (so a test can run each against a real Prometheus), :func:`panels` the
+dashboard's panels with their queries and legends (so a test can draw them), and
+:func:`metric_names` reads the series names an expression selects. Each reader takes another
+dashboard or rules document in place of the committed ones.
 """
 
 from __future__ import annotations
@@ -94,15 +96,12 @@ QUEUES = ("notifier.deliver", "notifier.schedule")
 RELAY_REASONS = ("due", "missed", "lost", "lease_expired")
 STATUSES = ("scheduled", "queued", "sending", "retrying", "sent", "failed", "cancelled")
 
-# What Grafana puts in for its variables when it runs a panel's query; the values make the
-# expression valid PromQL that selects every target, as the dashboard's "All" does.
-GRAFANA_VARIABLES = {
-    "$__rate_interval": "2m",
-    "$__interval": "1m",
-    "$__range": "1h",
-    "${instance:regex}": ".+",
-    "$instance": ".+",
-}
+# What Grafana puts in for its own variables when it runs a panel's query (``$__rate_interval``
+# follows the interval a caller gives, see :func:`concrete`).
+GRAFANA_INTERVALS = ("__rate_interval", "__interval", "__range")
+RATE_INTERVAL = "2m"
+
+_VARIABLE = re.compile(r"\$\{(?P<braced>\w+)(?::\w+)?\}|\$(?P<plain>\w+)")
 
 
 def family(name: str) -> Family:
@@ -118,34 +117,96 @@ def exported_names() -> frozenset[str]:
     return frozenset().union(*(f.samples() for f in FAMILIES))
 
 
-def concrete(expr: str) -> str:
-    """``expr`` with Grafana's variables replaced, ready for Prometheus' HTTP API as it stands."""
-    for variable in sorted(GRAFANA_VARIABLES, key=len, reverse=True):
-        expr = expr.replace(variable, GRAFANA_VARIABLES[variable])
-    leftover = re.search(r"\$\{?\w+", expr)
-    if leftover:
-        raise ValueError(f"unknown Grafana variable {leftover.group(0)!r} in {expr!r}")
-    return expr
+def variables(dashboard: dict[str, Any] | None = None) -> dict[str, str]:
+    """The dashboard's template variables (the datasource aside), each with the value a panel's query
+    gets on the dashboard as it opens: the ``allValue`` (``.+`` if none) of one that includes *All*,
+    else its current value."""
+    if dashboard is None:
+        dashboard = _committed_dashboard()
+    values: dict[str, str] = {}
+    for variable in dashboard.get("templating", {}).get("list", []):
+        if variable.get("type") == "datasource":
+            continue
+        current = variable.get("current", {}).get("value")
+        if variable.get("includeAll") or current in (None, "$__all", ["$__all"]):
+            values[variable["name"]] = variable.get("allValue") or ".+"
+        elif isinstance(current, list):
+            values[variable["name"]] = "|".join(current)
+        else:
+            values[variable["name"]] = str(current)
+    return values
+
+
+def concrete(expr: str, values: dict[str, str] | None = None, *, interval: str = RATE_INTERVAL) -> str:
+    """``expr`` with Grafana's variables replaced, ready for Prometheus' HTTP API as it stands.
+
+    ``$__rate_interval``, ``$__interval`` and ``$__range`` become ``interval``; ``$name`` and
+    ``${name:format}`` the dashboard variable's value in ``values`` (by default the committed
+    dashboard's, :func:`variables`). ValueError names a variable that is neither.
+    """
+    if values is None:
+        values = variables()
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group("braced") or match.group("plain")
+        if name in GRAFANA_INTERVALS:
+            return interval
+        if name not in values:
+            raise ValueError(f"unknown Grafana variable {match.group(0)!r} in {expr!r}")
+        return values[name]
+
+    return _VARIABLE.sub(replace, expr)
 
 
 def metric_names(expr: str) -> frozenset[str]:
-    """The series names ``expr`` selects (parsed, not pattern-matched); Grafana variables allowed."""
+    """The series names ``expr`` selects (parsed, not pattern-matched; ``{__name__="x"}`` selects
+    ``x``); the committed dashboard's variables and Grafana's allowed."""
     names: set[str] = set()
 
     def visit(node: promql_parser.Expr) -> None:
         if isinstance(node, promql_parser.VectorSelector):
-            if node.name is None:
+            equal = promql_parser.MatchOp.Equal
+            name = node.name or next(
+                (m.value for m in node.matchers.matchers if m.name == "__name__" and m.op == equal), None
+            )
+            if name is None:
                 raise ValueError(f"a selector without a metric name in {expr!r}")
-            names.add(node.name)
+            names.add(name)
 
     promql_parser.walk(promql_parser.parse(concrete(expr)), visit)
     return frozenset(names)
 
 
+@dataclass(frozen=True)
+class Query:
+    """One PromQL expression, where it comes from (``dashboard: <panel title> [<refId>]`` or
+    ``alert: <name>``) and, for a panel's, its legend template (``{{channel}}``)."""
+
+    source: str
+    expr: str
+    legend: str = ""
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A panel as a renderer needs it: its title, its Grafana unit (``s``, ``ops``, ``percentunit``,
+    …) and its queries, variables replaced."""
+
+    title: str
+    unit: str
+    queries: tuple[Query, ...]
+
+
+def _committed_dashboard() -> dict[str, Any]:
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return dashboard
+
+
 def dashboard_panels(dashboard: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-    """Every panel of the committed dashboard that is not a row, including those inside rows."""
+    """Every panel of ``dashboard`` (the committed one by default) that is not a row, including
+    those inside rows."""
     if dashboard is None:
-        dashboard = json.loads(DASHBOARD.read_text())
+        dashboard = _committed_dashboard()
     for panel in dashboard.get("panels", []):
         if panel.get("type") == "row":
             yield from panel.get("panels", [])
@@ -153,24 +214,47 @@ def dashboard_panels(dashboard: dict[str, Any] | None = None) -> Iterator[dict[s
             yield panel
 
 
-def alert_rules() -> Iterator[dict[str, Any]]:
-    """Every alerting rule of ``alerts.yaml``, across its groups."""
-    for group in yaml.safe_load(ALERTS.read_text())["groups"]:
+def panels(dashboard: dict[str, Any] | None = None, *, interval: str = RATE_INTERVAL) -> list[Panel]:
+    """The panels of ``dashboard`` (the committed one by default) that query something, in order,
+    each query with its variables replaced (:func:`concrete`) and its legend."""
+    if dashboard is None:
+        dashboard = _committed_dashboard()
+    values = variables(dashboard)
+    found = []
+    for panel in dashboard_panels(dashboard):
+        targets = [t for t in panel.get("targets", []) if t.get("expr")]
+        if not targets:
+            continue
+        queries = tuple(
+            Query(
+                f"dashboard: {panel['title']} [{target['refId']}]",
+                concrete(target["expr"], values, interval=interval),
+                target.get("legendFormat", ""),
+            )
+            for target in targets
+        )
+        unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
+        found.append(Panel(panel["title"], unit, queries))
+    return found
+
+
+def alert_rules(rules: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Every alerting rule of the rules document ``rules`` (``alerts.yaml`` by default), across its
+    groups."""
+    if rules is None:
+        rules = yaml.safe_load(ALERTS.read_text())
+    for group in rules["groups"]:
         for rule in group["rules"]:
             if "alert" in rule:
                 yield rule
 
 
-def expressions() -> list[tuple[str, str]]:
-    """Every PromQL expression of the dashboard and the alerts, as ``(source, expression)``.
-
-    ``source`` is ``dashboard: <panel title> [<refId>]`` or ``alert: <name>``; the expression has
-    Grafana's variables already replaced (:func:`concrete`), so it can be sent to Prometheus as is.
-    """
-    found: list[tuple[str, str]] = []
-    for panel in dashboard_panels():
-        for target in panel.get("targets", []):
-            found.append((f"dashboard: {panel['title']} [{target['refId']}]", concrete(target["expr"])))
-    for rule in alert_rules():
-        found.append((f"alert: {rule['alert']}", rule["expr"]))
+def expressions(
+    dashboard: dict[str, Any] | None = None, rules: dict[str, Any] | None = None, *, interval: str = RATE_INTERVAL
+) -> list[Query]:
+    """Every PromQL expression of the dashboard and of the alerting rules (by default the committed
+    ``notifier.json`` and ``alerts.yaml``), the panels' first, Grafana's variables replaced
+    (:func:`concrete`), so that each can be sent to Prometheus as it is."""
+    found = [query for panel in panels(dashboard, interval=interval) for query in panel.queries]
+    found += [Query(f"alert: {rule['alert']}", rule["expr"]) for rule in alert_rules(rules)]
     return found

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Sequence
 
 import httpx
 
+from dashboards.metrics import SYNTHETIC, Query, metric_names
 from tests.prometheus import PrometheusServer, scrape_samples
-from tests.promql import Expression, family, metric_names
 
-PROMETHEUS_OWN = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS", "ALERTS_FOR_STATE"})
+PROMETHEUS_OWN = SYNTHETIC | {"ALERTS", "ALERTS_FOR_STATE"}
 """Series Prometheus makes itself, never in a scrape."""
 
 
@@ -29,18 +29,18 @@ def scraped(addresses: Iterable[str], path: str = "/metrics") -> dict[str, dict[
     return samples
 
 
-def check_exported(expressions: Sequence[Expression], samples: dict[str, dict[str, str]]) -> None:
-    """AssertionError listing each expression that names a metric no target exports."""
+def check_exported(expressions: Sequence[Query], samples: dict[str, dict[str, str]]) -> None:
+    """AssertionError listing each expression that names a series no target exports."""
     assert expressions, "no expression to check"
     unexported = [
-        f"{e.source}: {sorted(family(n, samples) for n in names)} in {e.expr}"
+        f"{e.source}: {sorted(names)} in {e.expr}"
         for e in expressions
         if (names := metric_names(e.expr) - set(samples) - PROMETHEUS_OWN)
     ]
     assert not unexported, "named but not exported:\n" + "\n".join(unexported)
 
 
-def without_data(prometheus: PrometheusServer, expressions: Sequence[Expression], start: float) -> list[str]:
+def without_data(prometheus: PrometheusServer, expressions: Sequence[Query], start: float) -> list[str]:
     """The expressions whose range query over ``[start, now]`` has no finite point, with what came back
     (the range ends a step past now, so that the last scrape is in it whatever the steps' phase)."""
     empty = []
@@ -51,10 +51,10 @@ def without_data(prometheus: PrometheusServer, expressions: Sequence[Expression]
     return empty
 
 
-def reads(alerts: Sequence[Expression]) -> list[Expression]:
+def reads(alerts: Sequence[Query]) -> list[Query]:
     """For each alert, one query a metric it reads (``count({__name__="…"})``), Prometheus' own left out."""
     return [
-        Expression(e.source, f'count({{__name__="{name}"}})')
+        Query(e.source, f'count({{__name__="{name}"}})')
         for e in alerts
         for name in sorted(metric_names(e.expr) - (PROMETHEUS_OWN - {"up"}))
     ]
@@ -62,8 +62,8 @@ def reads(alerts: Sequence[Expression]) -> list[Expression]:
 
 def check_answered(
     prometheus: PrometheusServer,
-    panels: Sequence[Expression],
-    alerts: Sequence[Expression],
+    panels: Sequence[Query],
+    alerts: Sequence[Query],
     start: float,
     timeout: float = 30,
 ) -> None:

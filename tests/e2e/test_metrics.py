@@ -5,10 +5,7 @@ PostgreSQL recorded."""
 from __future__ import annotations
 
 import re
-import threading
-import uuid
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +14,9 @@ import psycopg
 from prometheus_client.mmap_dict import MmapedDict
 
 from notifier.observability.metrics import OUTCOMES, RELAY_REASONS, SOURCES
-from tests.conftest import free_port
-from tests.e2e.conftest import Process, Stack, StartStack, wait_until
-from tests.peers import Request, Response, SmsPeer, SmtpPeer, WebhookPeer
+from tests.e2e import traffic
+from tests.e2e.conftest import StartStack, wait_until
+from tests.peers import SmsPeer, SmtpPeer, WebhookPeer
 from tests.scrape import Scrape, scrape
 
 LOG = {"channel": "log", "recipient": "ops", "body": "x"}
@@ -63,29 +60,6 @@ SCHEDULER_FAMILIES = {
 }
 
 
-class Webhooks:
-    """Answers the webhook channel by path: ``/ok``; ``/flaky`` (a 503, then 200); ``/slow`` (too
-    slow once, then 200); ``/gone`` (410, permanent); ``/down`` (503 for ever)."""
-
-    def __init__(self, receiver: WebhookPeer) -> None:
-        self.seen: Counter[str] = Counter()
-        self.lock = threading.Lock()
-        self.original = receiver.handle
-        receiver.handle = self.handle  # type: ignore[method-assign]
-
-    def handle(self, request: Request) -> Response:
-        with self.lock:
-            self.seen[request.path] += 1
-            first = self.seen[request.path] == 1
-        if request.path == "/gone":
-            return Response(410, b"gone")
-        if request.path == "/down" or (request.path == "/flaky" and first):
-            return Response(503, b"maintenance")
-        if request.path == "/slow" and first:
-            return Response(200, delay=2.5)  # past NOTIFIER_WEBHOOK_TIMEOUT
-        return self.original(request)
-
-
 def in_db(database_url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         return conn.execute(sql).fetchall()  # type: ignore[arg-type]
@@ -109,13 +83,7 @@ def test_every_family_is_exported_and_adds_up(
     webhook_receiver: WebhookPeer,
     tmp_path: Path,
 ) -> None:
-    stack = start_stack(
-        processes=2,
-        NOTIFIER_WEBHOOK_TIMEOUT="1",
-        NOTIFIER_WEBHOOK_MAX_ATTEMPTS="3",
-        NOTIFIER_SMS_MIN_BACKOFF="6",
-        NOTIFIER_SMS_MAX_BACKOFF="6",
-    )
+    stack = start_stack(processes=2, **traffic.SETTINGS)
     api_url = f"{stack.client.base_url}/metrics"
     worker_url = stack.worker.metrics_url
     [scheduler] = stack.schedulers
@@ -139,56 +107,8 @@ def test_every_family_is_exported_and_adds_up(
     assert len(ids) == 40
 
     # Every outcome, every source, every relay reason the processes can show without faults.
-    hooks = Webhooks(webhook_receiver)
-    sms_gateway.respond(503, json={"message": "busy"})  # the SMS below is cancelled while it waits to retry
-    waiting_sms = stack.notify(channel="sms", recipient="+14155552671", body="cancelled while retrying")
-    stack.wait_status(waiting_sms["id"], "retrying")
-    assert stack.client.post(f"/notifications/{waiting_sms['id']}/cancel").status_code == 200
-    expect_sent = [
-        stack.notify(channel="email", recipient="ada@example.com", subject="s", body="b"),
-        stack.notify(channel="sms", recipient="+14155552671", body="b"),
-        stack.notify(channel="log", recipient="ops", body="b"),
-        *(
-            stack.notify(channel="webhook", recipient=f"{webhook_receiver.url}{p}", body="b")
-            for p in ("/ok", "/flaky", "/slow")
-        ),
-        stack.notify(**LOG, send_at=(datetime.now(UTC) + timedelta(seconds=2)).isoformat()),  # relayed as due
-    ]
-    expect_failed = [
-        stack.notify(channel="webhook", recipient=f"{webhook_receiver.url}{p}", body="b") for p in ("/gone", "/down")
-    ]
-    rule = {
-        "name": "shipped",
-        "event": "order.shipped",
-        "channel": "webhook",
-        "recipients": [f"{webhook_receiver.url}/ok"],
-        "body": "b",
-    }
-    assert stack.client.post("/rules", json=rule).status_code == 201
-    event = stack.client.post("/events", json={"type": "order.shipped", "data": {}})
-    assert event.status_code == 202
-    expect_sent += event.json()["notifications"]
-    every_minute = stack.client.post(
-        "/rules", json={"name": "tick", "schedule": "* * * * *", "channel": "log", "recipients": ["ops"], "body": "b"}
-    ).json()  # the API asks for a tick at once, which plans the next firings
-    expect_sent.append(missed_by_the_api(stack, tmp_path))
-
-    for n in expect_sent:
-        stack.wait_status(n["id"], "sent", timeout=40)
-    for n in expect_failed:
-        stack.wait_status(n["id"], "failed", timeout=40)
-    fired = wait_until(
-        lambda: (s := scrape(worker_url)).value("notifier_rule_firings_total", outcome="fired") >= 1 and s,
-        20,
-        "the rule to fire",
-    )
-    assert fired.value("notifier_notifications_accepted_total", channel="log", source="rule") >= 1
-    assert stack.client.delete(f"/rules/{every_minute['id']}").status_code == 204  # cancels what it planned
-    wait_until(
-        lambda: scrape(worker_url).value("notifier_deliveries_total", channel="sms", outcome="abandoned") == 1,
-        20,
-        "the cancelled SMS's retry to be dropped",
-    )
+    outcomes = traffic.every_outcome(stack, webhook_receiver, sms_gateway, tmp_path)
+    traffic.settle(stack, outcomes)
 
     worker, api, relay = wait_until(
         lambda: settled(database_url, worker_url, api_url, scheduler.metrics_url), 40, "a settled scrape that adds up"
@@ -199,30 +119,33 @@ def test_every_family_is_exported_and_adds_up(
     assert api.value("notifier_api_requests_total", method="POST", path="/notify", status_code="202") >= 10
     assert api.value("notifier_api_requests_total", path="/notifications/{notification_id}") >= 1
     assert api.value("notifier_notifications_accepted_total", source="api") >= 10
-    assert api.value("notifier_notifications_accepted_total", channel="log", source="batch") == 40
+    assert api.value("notifier_notifications_accepted_total", channel="log", source="batch") == 40 + traffic.BATCH
     assert api.value("notifier_notifications_accepted_total", channel="webhook", source="event") == 1
     assert api.label_values("status", "notifier_notifications") == STATUSES
-    assert api.value("notifier_notifications", status="failed") == 2
+    assert api.value("notifier_notifications", status="failed") == traffic.DEAD_LETTERED
     assert {(s.labels["queue"], s.labels["state"]) for s in api.samples("notifier_queue_messages")} == {
         (q, state) for q in ("notifier.deliver", "notifier.schedule") for state in ("ready", "delayed", "dead")
     }
-    assert api.value("notifier_queue_messages", queue="notifier.deliver", state="dead") == 2
-    assert api.value("notifier_dead_letters") == 2
+    assert api.value("notifier_queue_messages", queue="notifier.deliver", state="dead") == traffic.DEAD_LETTERED
+    assert api.value("notifier_dead_letters") == traffic.DEAD_LETTERED
 
     # The worker: Dramatiq's families and the deliveries.
     assert worker.series_names() >= WORKER_FAMILIES
     assert worker.label_values("outcome", "notifier_deliveries_total") == set(OUTCOMES)
     assert worker.value("notifier_deliveries_total", channel="sms", outcome="abandoned") == 1
-    assert worker.value("notifier_deliveries_total", channel="webhook", outcome="dead_lettered") == 2
+    assert (
+        worker.value("notifier_deliveries_total", channel="webhook", outcome="dead_lettered") == traffic.DEAD_LETTERED
+    )
     assert worker.label_values("channel", "notifier_delivery_duration_seconds_count") == CHANNELS
     assert worker.label_values("channel", "notifier_delivery_latency_seconds_count") == CHANNELS
     assert worker.label_values("channel", "notifier_delivery_lateness_seconds_count") == CHANNELS
-    assert worker.value("dramatiq_message_rejects_total", actor_name="deliver_notification") == 2
+    assert worker.value("dramatiq_message_rejects_total", actor_name="deliver_notification") == traffic.DEAD_LETTERED
     assert worker.value("dramatiq_message_retries_total", actor_name="deliver_notification") >= 5
     assert worker.value("dramatiq_message_errors_total", actor_name="deliver_notification") >= 5
     assert worker.value("dramatiq_messages_total", actor_name="fire_schedules") >= 1
     assert worker.value("notifier_scheduler_ticks_total") >= 1
     assert worker.label_values("source", "notifier_notifications_accepted_total") == {"rule"}
+    assert worker.value("notifier_notifications_accepted_total", channel="log", source="rule") >= 1
 
     # The scheduler: what the relay took and why, its passes, the ticks it sent (0 until a minute turns).
     assert relay.series_names() >= SCHEDULER_FAMILIES
@@ -239,7 +162,7 @@ def test_every_family_is_exported_and_adds_up(
             for value in sample.labels.values():
                 assert not UUID.search(value), (sample.name, sample.labels)
     assert smtp_server.messages
-    assert hooks.seen["/flaky"] == 2
+    assert outcomes.hooks.seen["/flaky"] == 2
 
 
 def sent_count(database_url: str) -> int:
@@ -292,23 +215,6 @@ def settled(
     if messages < handled + worker.value("notifier_deliveries_total", outcome="abandoned"):
         return None
     return worker, scrape(api_url), scrape(scheduler_url)
-
-
-def missed_by_the_api(stack: Stack, log_dir: Path) -> dict[str, Any]:
-    """A notification accepted by an API whose Redis is away: stored, its enqueue fails, and the
-    scheduler's relay enqueues it (``missed``)."""
-    port = free_port()
-    env = {**stack.env, "NOTIFIER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
-    api = Process("api-without-redis", ["api", "--port", str(port)], env, log_dir)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=stack.client.headers, timeout=10) as client:
-            wait_until(lambda: client.get("/healthz").status_code == 200, 60, "the API without Redis")
-            response = client.post("/notify", json={**LOG, "idempotency_key": str(uuid.uuid4())})
-            assert response.status_code == 202, response.text
-            body: dict[str, Any] = response.json()
-            return body
-    finally:
-        api.stop()
 
 
 def test_metrics_off_serves_none(start_stack: StartStack) -> None:

@@ -3,20 +3,21 @@ Prometheus scrapes it, answers queries, and the rendered panels show the series 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from dashboards import metrics
+from dashboards.metrics import Panel, Query
 from tests.conftest import free_port
 from tests.e2e.conftest import StartPrometheus, wait_until
 from tests.live_queries import check_answered, check_exported, check_rules_evaluate, scraped
 from tests.prometheus import PrometheusError, Target
-from tests.promql import Expression, Panel, alert_expressions, dashboard_expressions, dashboard_panels
 from tests.render import GRID_FILE, PALETTE, render_panels, require_chromium
 
 
@@ -104,8 +105,7 @@ groups:
 def test_prometheus_scrapes_answers_and_the_panels_are_drawn(
     start_prometheus: StartPrometheus, exporter: Exporter, tmp_path: Path
 ) -> None:
-    dashboard_path, alerts_path = tmp_path / "notifier.json", tmp_path / "alerts.yaml"
-    dashboard_path.write_text(json.dumps(STAND_IN_DASHBOARD))
+    alerts_path = tmp_path / "alerts.yaml"
     alerts_path.write_text(STAND_IN_ALERTS)
     prometheus = start_prometheus([Target("notifier-api", exporter.address)], rule_files=[alerts_path])
     start = time.time()
@@ -126,14 +126,16 @@ def test_prometheus_scrapes_answers_and_the_panels_are_drawn(
     assert all(s.finite for s in series)
 
     # The live dashboard test's checks, on the stand-in dashboard and alerts.
-    panel_queries, alerts = dashboard_expressions(dashboard_path), alert_expressions(alerts_path)
+    stand_in = metrics.panels(STAND_IN_DASHBOARD, interval="1m")
+    panel_queries = [query for panel in stand_in for query in panel.queries]
+    alerts = metrics.expressions({}, yaml.safe_load(STAND_IN_ALERTS))
     samples = scraped([exporter.address])
     check_exported(panel_queries + alerts, samples)
-    with pytest.raises(AssertionError, match=r"dashboard: Lost \[A\]: \['harness_lost_seconds'\]"):
-        check_exported([Expression("dashboard: Lost [A]", "rate(harness_lost_seconds_bucket[1m])")], samples)
+    with pytest.raises(AssertionError, match=r"dashboard: Lost \[A\]: \['harness_lost_seconds_bucket'\]"):
+        check_exported([Query("dashboard: Lost [A]", "rate(harness_lost_seconds_bucket[1m])")], samples)
     check_answered(prometheus, panel_queries, alerts, start)
     with pytest.raises(AssertionError, match=r"alert: Lost: .*harness_lost_total"):
-        check_answered(prometheus, [], [Expression("alert: Lost", "harness_lost_total > 0")], start, timeout=0)
+        check_answered(prometheus, [], [Query("alert: Lost", "harness_lost_total > 0")], start, timeout=0)
     assert check_rules_evaluate(prometheus) == ["HarnessQueueDeep"]
 
     require_chromium("the queries above passed")
@@ -149,7 +151,7 @@ def test_prometheus_scrapes_answers_and_the_panels_are_drawn(
 
     wait_until(drawable, 30, "three points in every panel", interval=0.5)
     out = tmp_path / "panels"
-    panels = [*dashboard_panels(STAND_IN_DASHBOARD), Panel("Nothing here", "", [Expression("t", "harness_absent")])]
+    panels = [*stand_in, Panel("Nothing here", "", (Query("t", "harness_absent"),))]
     rendered = render_panels(prometheus, panels, start=start, end=time.time() + 1, step=1, out_dir=out)
     assert [(r.title, r.path.name, r.series) for r in rendered] == [
         ("Requests per route", "requests-per-route.png", 2),

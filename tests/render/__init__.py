@@ -1,11 +1,11 @@
 """Screenshots of dashboard panels without Grafana: each panel's series from a real Prometheus
 (``query_range``), drawn by the vendored uPlot (``vendor/``) in headless Chromium, one PNG a panel
-and one of the whole grid.
+and, if asked for, one of the whole grid.
 
 Test and documentation tooling, not product code. Chromium is Debian's (``/usr/bin/chromium``),
 driven by Playwright, which never downloads a browser; the page loads nothing from the network::
 
-    rendered = render_panels(prometheus, panels, start=t0, end=t1, step=2, out_dir=Path("docs/panels"))
+    rendered = render_panels(prometheus, metrics.panels(), start=t0, end=t1, step=2, out_dir=Path("docs/panels"))
 """
 
 from __future__ import annotations
@@ -19,16 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
+from dashboards.metrics import Panel
 from tests.prometheus import PrometheusServer, Series
-from tests.promql import Panel
 
 HERE = Path(__file__).parent
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PALETTE = ["#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#5794f2"]
 """The first colours of ``panels.js``'s palette: a panel's first series is drawn in the first."""
-GRID_FILE = "overview.png"
+GRID_FILE = "grid.png"
 
 _LEGEND = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
 
@@ -38,7 +39,7 @@ class RenderedPanel:
     title: str
     path: Path
     series: int
-    """How many series were drawn (0: the panel shows *No data*)."""
+    """How many series were drawn with at least one point (0: the panel shows *No data*, or nothing)."""
 
 
 def require_chromium(done: str) -> None:
@@ -65,18 +66,26 @@ def legend(series: Series, template: str, expr: str) -> str:
 def panel_data(prometheus: PrometheusServer, panel: Panel, start: float, end: float, step: float) -> dict[str, Any]:
     """One panel's series over the range, aligned on one time axis (gaps and NaN as ``null``)."""
     fetched = [
-        (target, series) for target in panel.targets for series in prometheus.query_range(target.expr, start, end, step)
+        (query, series) for query in panel.queries for series in prometheus.query_range(query.expr, start, end, step)
     ]
     times = sorted({t for _, series in fetched for t, _ in series.points})
     index = {t: i for i, t in enumerate(times)}
     drawn = []
-    for target, series in fetched:
+    for query, series in fetched:
         values: list[float | None] = [None] * len(times)
         for t, v in series.points:
             if v == v and abs(v) != float("inf"):
                 values[index[t]] = v
-        drawn.append({"label": legend(series, target.legend, target.expr), "values": values})
+        drawn.append({"label": legend(series, query.legend, query.expr), "values": values})
     return {"title": panel.title, "unit": panel.unit, "x": times, "series": drawn}
+
+
+def compact(path: Path, colours: int = 256) -> None:
+    """Rewrite the PNG at ``path`` with a palette of at most ``colours``, undithered: a dark panel
+    has few colours, so it looks the same at about half the size (the README embeds these)."""
+    with Image.open(path) as image:
+        palette = image.convert("RGB").quantize(colors=colours, dither=Image.Dither.NONE)
+    palette.save(path, optimize=True)
 
 
 def slug(title: str) -> str:
@@ -106,10 +115,12 @@ def render_panels(
     columns: int = 3,
     width: int = 460,
     height: int = 200,
+    grid_file: str | None = GRID_FILE,
     chromium: Path = CHROMIUM,
 ) -> list[RenderedPanel]:
-    """Render ``panels`` over ``[start, end]`` into ``out_dir``: ``<slug of the title>.png`` each and
-    :data:`GRID_FILE` with them all; returns each panel's file and how many series it drew."""
+    """Render ``panels`` over ``[start, end]`` into ``out_dir``: ``<slug of the title>.png`` each and,
+    unless ``grid_file`` is None, that file with them all; returns each panel's file and how many
+    series it drew."""
     from playwright.sync_api import sync_playwright
 
     data = [panel_data(prometheus, panel, start, end, step) for panel in panels]
@@ -144,8 +155,12 @@ def render_panels(
             for index, (shown, name) in enumerate(zip(data, names, strict=True)):
                 path = out_dir / f"{name}.png"
                 view.locator(f"#panel-{index}").screenshot(path=str(path))
-                rendered.append(RenderedPanel(title=shown["title"], path=path, series=len(shown["series"])))
-            view.locator("#grid").screenshot(path=str(out_dir / GRID_FILE))
+                compact(path)
+                drawn_series = sum(any(v is not None for v in series["values"]) for series in shown["series"])
+                rendered.append(RenderedPanel(title=shown["title"], path=path, series=drawn_series))
+            if grid_file is not None:
+                view.locator("#grid").screenshot(path=str(out_dir / grid_file))
+                compact(out_dir / grid_file)
         finally:
             browser.close()
     return rendered

@@ -41,6 +41,7 @@ function format(unit, value) {
     case "percent": return trim(value) + "%";
     case "reqps": return si(value, "req/s");
     case "ops": case "opss": return si(value, "ops/s");
+    case "opm": return si(value, "ops/min");
     case "bytes": case "decbytes": return si(value, "B");
     default: return si(value, "");
   }

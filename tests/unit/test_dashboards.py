@@ -72,20 +72,18 @@ def test_datasource_variable_selects_prometheus() -> None:
     assert variables["datasource"]["current"]["value"] == generate.DATASOURCE_UID
 
 
-def test_every_variable_a_query_uses_is_defined() -> None:
-    """``metrics.concrete`` refuses any other variable, so the queries may use only these (and Grafana's)."""
-    defined = {v["name"] for v in DASHBOARD["templating"]["list"]}
-    substituted = {name.strip("${}").split(":")[0] for name in metrics.GRAFANA_VARIABLES} - {
-        "__rate_interval",
-        "__interval",
-        "__range",
-    }
-    assert substituted == defined - {"datasource"}
+def test_every_variable_a_query_uses_is_defined_and_used() -> None:
+    """``metrics.concrete`` refuses a variable the dashboard does not define, so reading every query
+    through it shows that each one the queries use is there; and each defined one is used."""
+    assert all("$" not in query.expr for query in metrics.expressions())
+    raw = " ".join(target["expr"] for panel in PANELS for target in panel["targets"])
+    for name in metrics.variables():
+        assert f"${name}" in raw or f"${{{name}:" in raw, f"the variable {name} is never used"
 
 
-@pytest.mark.parametrize(("source", "expr"), metrics.expressions())
-def test_every_metric_name_is_in_the_contract(source: str, expr: str) -> None:
-    names = metrics.metric_names(expr)
+@pytest.mark.parametrize("query", metrics.expressions(), ids=lambda query: query.source)
+def test_every_metric_name_is_in_the_contract(query: metrics.Query) -> None:
+    source, names = query.source, metrics.metric_names(query.expr)
     assert names, f"{source} selects no metric"
     unknown = names - metrics.exported_names() - metrics.SYNTHETIC
     assert not unknown, f"{source} uses {sorted(unknown)}, which the contract does not export"
@@ -93,18 +91,18 @@ def test_every_metric_name_is_in_the_contract(source: str, expr: str) -> None:
 
 def test_histograms_are_read_through_their_buckets_and_counters_through_rate() -> None:
     """A raw counter or a raw ``_bucket`` on a graph is a mistake: counters only ever grow."""
-    for source, expr in metrics.expressions():
-        for name in metrics.metric_names(expr) - metrics.SYNTHETIC:
+    for query in metrics.expressions():
+        for name in metrics.metric_names(query.expr) - metrics.SYNTHETIC:
             kind = metrics.family(name).kind
             if kind == "counter" or name.endswith("_bucket"):
-                assert any(f"{fn}(" in expr for fn in ("rate", "increase")), f"{source}: {name} outside rate()"
+                assert any(f"{fn}(" in query.expr for fn in ("rate", "increase")), f"{query.source}: {name}"
 
 
 def test_dashboard_covers_every_family_it_was_asked_for() -> None:
     used = {
         metrics.family(name).name
-        for _, expr in metrics.expressions()
-        for name in metrics.metric_names(expr)
+        for query in metrics.expressions()
+        for name in metrics.metric_names(query.expr)
         if name not in metrics.SYNTHETIC
     }
     wanted = {
@@ -130,14 +128,87 @@ def test_dashboard_covers_every_family_it_was_asked_for() -> None:
     assert wanted <= used, sorted(wanted - used)
 
 
-def test_metric_names_reads_selectors_not_words() -> None:
-    expr = 'sum(rate(a_total{outcome="b_total"}[$__rate_interval])) / on() group_left count(up{job=~"x"})'
-    assert metrics.metric_names(expr) == {"a_total", "up"}
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        (
+            'sum(rate(a_total{outcome="b_total"}[$__rate_interval])) / on() group_left count(up{job=~"x"})',
+            {"a_total", "up"},
+        ),
+        ('{__name__="notifier_dead_letters", job="notifier-api"}', {"notifier_dead_letters"}),
+        ("rate(x_total[5m] offset 1h) > bool 0 and on (queue) y", {"x_total", "y"}),
+        ("max_over_time(deriv(queue_depth[10m:1m])[1h:])", {"queue_depth"}),
+        ("a * on (queue) group_left (state) b", {"a", "b"}),
+        ("topk(3, sum by (by) (rate(by_total[1m])))", {"by_total"}),
+        ('time() - max(t{a="sum(b)"}) + 1e3 * Inf - 0x1f', {"t"}),
+    ],
+)
+def test_metric_names_reads_selectors_not_words(expr: str, names: set[str]) -> None:
+    assert metrics.metric_names(expr) == names
+
+
+def test_a_selector_without_a_name_is_an_error() -> None:
+    with pytest.raises(ValueError, match="without a metric name"):
+        metrics.metric_names('{job="notifier-api"}')
 
 
 def test_concrete_refuses_an_unknown_variable() -> None:
     with pytest.raises(ValueError, match=r"\$channel"):
         metrics.concrete('rate(x_total{channel="$channel"}[5m])')
+
+
+def test_concrete_puts_in_grafanas_intervals_and_the_dashboards_variables() -> None:
+    expr = 'rate(x{channel=~"$channel", instance=~"${instance:regex}"}[$__rate_interval]) * $__interval'
+    assert metrics.concrete(expr, {"channel": "sms|email", "instance": ".+"}, interval="30s") == (
+        'rate(x{channel=~"sms|email", instance=~".+"}[30s]) * 30s'
+    )
+    assert metrics.concrete("rate(x[$__rate_interval])") == f"rate(x[{metrics.RATE_INTERVAL}])"
+
+
+STAND_IN = {
+    "templating": {
+        "list": [
+            {"name": "datasource", "type": "datasource", "current": {"value": "uid"}},
+            {"name": "channel", "type": "query", "includeAll": True, "allValue": ".*"},
+            {"name": "job", "type": "custom", "current": {"value": ["a", "b"]}},
+            {"name": "instance", "type": "query", "includeAll": True},
+            {"name": "env", "type": "custom", "current": {"value": "prod"}},
+        ]
+    },
+    "panels": [
+        {"type": "row", "title": "Delivery", "collapsed": True, "panels": [
+            {"title": "Delivered", "fieldConfig": {"defaults": {"unit": "ops"}}, "targets": [
+                {"refId": "A", "expr": 'sum by (channel) (rate(d_total{channel=~"$channel"}[$__rate_interval]))',
+                 "legendFormat": "{{channel}}"},
+                {"refId": "B", "expr": 'q{job=~"$job", env="$env"}'},
+            ]},
+        ]},
+        {"type": "text", "title": "Notes"},
+        {"type": "timeseries", "title": "Queue", "targets": [{"refId": "A", "expr": "q"}, {"refId": "B"}]},
+    ],
+}  # fmt: skip
+
+
+def test_another_dashboard_and_rules_document_are_read_in_place_of_the_committed_ones() -> None:
+    assert metrics.variables(STAND_IN) == {"channel": ".*", "job": "a|b", "instance": ".+", "env": "prod"}
+    assert [(p.title, p.unit, [q.source for q in p.queries]) for p in metrics.panels(STAND_IN, interval="5s")] == [
+        ("Delivered", "ops", ["dashboard: Delivered [A]", "dashboard: Delivered [B]"]),
+        ("Queue", "", ["dashboard: Queue [A]"]),
+    ]
+    rules = {
+        "groups": [
+            {"name": "a", "rules": [{"alert": "Deep", "expr": "q > 1"}, {"record": "x:rate", "expr": "rate(x[1m])"}]},
+            {"name": "b", "rules": [{"alert": "Gone", "expr": "absent(up)"}]},
+        ]
+    }
+    assert [rule["alert"] for rule in metrics.alert_rules(rules)] == ["Deep", "Gone"]
+    assert metrics.expressions(STAND_IN, rules, interval="5s") == [
+        metrics.Query("dashboard: Delivered [A]", 'sum by (channel) (rate(d_total{channel=~".*"}[5s]))', "{{channel}}"),
+        metrics.Query("dashboard: Delivered [B]", 'q{job=~"a|b", env="prod"}'),
+        metrics.Query("dashboard: Queue [A]", "q"),
+        metrics.Query("alert: Deep", "q > 1"),
+        metrics.Query("alert: Gone", "absent(up)"),
+    ]
 
 
 def test_contract_labels_are_bounded() -> None:
