@@ -45,6 +45,11 @@ class Scrape:
         """The values ``label`` takes, on the samples named ``name`` (on all, if ``None``)."""
         return {s.labels[label] for s in self.samples(name) if label in s.labels}
 
+    def counted(self, label: str, name: str) -> set[str]:
+        """The values ``label`` takes on the samples named ``name`` that are above 0 (every series a
+        process counts is exported from its start, at 0)."""
+        return {s.labels[label] for s in self.samples(name) if label in s.labels and s.value > 0}
+
     def types(self) -> dict[str, str]:
         """Each family's type (``counter``, ``gauge``, ``histogram``, …)."""
         return {name: family.type for name, family in self.families.items()}

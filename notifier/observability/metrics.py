@@ -11,6 +11,10 @@ Labels are bounded: a channel, a source, an outcome, a reason, a queue, a status
 recipient, an id or a raw path. A helper's label values are the constants below; a channel that
 cannot be known (the notification's row is gone or unreadable) is :data:`UNKNOWN_CHANNEL`.
 
+Each process exports every series it can count from the start, at 0: Prometheus takes a series'
+first sample as its start, so a counter that appeared at 1 would hide its first event from
+``rate()`` and ``increase()`` — a first dead letter would raise no alert.
+
 The API's gauges read from Redis and PostgreSQL at scrape are not kept here: the scrape reads
 them (:mod:`notifier.api.metrics`) and hands them to :func:`live_families` as plain numbers.
 """
@@ -26,6 +30,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, d
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 
+from notifier.domain import Channel
+
 Source = Literal["api", "batch", "event", "rule"]
 Outcome = Literal["sent", "transient_error", "permanent_error", "timeout", "abandoned", "dead_lettered"]
 RelayReason = Literal["due", "missed", "lost", "lease_expired"]
@@ -35,6 +41,7 @@ M = TypeVar("M", bound=MetricWrapperBase)
 SOURCES: tuple[Source, ...] = ("api", "batch", "event", "rule")
 OUTCOMES: tuple[Outcome, ...] = ("sent", "transient_error", "permanent_error", "timeout", "abandoned", "dead_lettered")
 RELAY_REASONS: tuple[RelayReason, ...] = ("due", "missed", "lost", "lease_expired")
+RULE_OUTCOMES: tuple[RuleOutcome, ...] = ("fired", "failed")
 QUEUE_STATES = ("ready", "delayed", "dead")
 UNKNOWN_CHANNEL = "unknown"
 
@@ -64,9 +71,9 @@ Process = Literal["api", "worker", "scheduler"]
 
 
 class Families:
-    """The families one process counts, on ``registry``. Those with labels are on every process
-    (each exports only the series it counted); those without are on the process that counts them, as
-    their 0 is exported from the start."""
+    """The families one process counts, on ``registry``. Those with labels are on every process,
+    each exporting the series that process counts, from 0; those without are on the process that
+    counts them only, as a family without labels is exported from its creation."""
 
     def __init__(self, registry: CollectorRegistry, process: Process) -> None:
         self.accepted = Counter(
@@ -145,6 +152,28 @@ class Families:
         )
         self._lock = threading.Lock()
         self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
+        self._start_at_zero(process)
+
+    def _start_at_zero(self, process: Process) -> None:
+        """Create, at 0, every series ``process`` counts (see the module's docstring)."""
+        channels = [channel.value for channel in Channel]
+        if process == "api":
+            for channel in channels:
+                for source in ("api", "batch", "event"):
+                    self.child(self.accepted, channel, source)
+        elif process == "worker":
+            for channel in channels:
+                self.child(self.accepted, channel, "rule")
+                for outcome in OUTCOMES:
+                    self.child(self.deliveries, channel, outcome)
+                for histogram in (self.provider, self.latency, self.lateness):
+                    self.child(histogram, channel)
+            self.child(self.deliveries, UNKNOWN_CHANNEL, "abandoned")
+            for rule_outcome in RULE_OUTCOMES:
+                self.child(self.rule_firings, rule_outcome)
+        else:
+            for reason in RELAY_REASONS:
+                self.child(self.relayed, reason)
 
     def child(self, family: M, *labels: str) -> M:
         """``family.labels(*labels)``, kept: the label lookup takes a lock and builds a tuple, on every call."""

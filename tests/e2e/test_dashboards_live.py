@@ -43,12 +43,11 @@ def every_outcome_scraped(stack: Stack) -> bool:
         scrape(stack.worker.metrics_url),
         scrape(scheduler.metrics_url),
     )
-    sources = {s.labels["source"] for s in [*api.samples(ACCEPTED), *worker.samples(ACCEPTED)]}
     return (
-        worker.label_values("outcome", "notifier_deliveries_total") == set(metrics.OUTCOMES)
-        and sources == set(metrics.SOURCES)
-        and worker.has("notifier_rule_firings_total", outcome="fired")
-        and {"due", "missed"} <= relay.label_values("reason", "notifier_relay_enqueued_total")
+        worker.counted("outcome", "notifier_deliveries_total") == set(metrics.OUTCOMES)
+        and api.counted("source", ACCEPTED) | worker.counted("source", ACCEPTED) == set(metrics.SOURCES)
+        and worker.value("notifier_rule_firings_total", outcome="fired") > 0
+        and {"due", "missed"} <= relay.counted("reason", "notifier_relay_enqueued_total")
     )
 
 
@@ -80,8 +79,8 @@ def test_every_dashboard_and_alert_query_is_exported_and_answered(
     prometheus.wait_targets_up(timeout=30)
     start = time.time()
 
-    # The first wave makes every series; Prometheus sees each at the value it starts with, so that
-    # only the second wave shows on the rates.
+    # Every series is exported at 0 from each process's start and scraped before the traffic, so
+    # that the traffic shows on the rates.
     traffic.settle(stack, traffic.every_outcome(stack, webhook_receiver, sms_gateway, tmp_path))
     wait_until(
         lambda: every_outcome_scraped(stack),
@@ -89,13 +88,6 @@ def test_every_dashboard_and_alert_query_is_exported_and_answered(
         f"every outcome {metrics.OUTCOMES}, source {metrics.SOURCES}, a rule firing and the relay's due and missed",
         interval=0.5,
     )
-    wait_until(
-        lambda: outcomes_stored(prometheus, "notifier_deliveries_total") == set(metrics.OUTCOMES),
-        30,
-        "Prometheus to store every outcome",
-        interval=0.5,
-    )
-    traffic.settle(stack, traffic.every_outcome(stack, webhook_receiver, sms_gateway, tmp_path))
     wait_until(
         lambda: (
             outcomes_stored(prometheus, f"rate(notifier_deliveries_total[{RATE_INTERVAL}]) > 0", start)

@@ -131,14 +131,14 @@ def test_every_family_is_exported_and_adds_up(
 
     # The worker: Dramatiq's families and the deliveries.
     assert worker.series_names() >= WORKER_FAMILIES
-    assert worker.label_values("outcome", "notifier_deliveries_total") == set(OUTCOMES)
+    assert worker.counted("outcome", "notifier_deliveries_total") == set(OUTCOMES)
     assert worker.value("notifier_deliveries_total", channel="sms", outcome="abandoned") == 1
     assert (
         worker.value("notifier_deliveries_total", channel="webhook", outcome="dead_lettered") == traffic.DEAD_LETTERED
     )
-    assert worker.label_values("channel", "notifier_delivery_duration_seconds_count") == CHANNELS
-    assert worker.label_values("channel", "notifier_delivery_latency_seconds_count") == CHANNELS
-    assert worker.label_values("channel", "notifier_delivery_lateness_seconds_count") == CHANNELS
+    assert worker.counted("channel", "notifier_delivery_duration_seconds_count") == CHANNELS
+    assert worker.counted("channel", "notifier_delivery_latency_seconds_count") == CHANNELS
+    assert worker.counted("channel", "notifier_delivery_lateness_seconds_count") == CHANNELS
     assert worker.value("dramatiq_message_rejects_total", actor_name="deliver_notification") == traffic.DEAD_LETTERED
     assert worker.value("dramatiq_message_retries_total", actor_name="deliver_notification") >= 5
     assert worker.value("dramatiq_message_errors_total", actor_name="deliver_notification") >= 5

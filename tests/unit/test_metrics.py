@@ -75,7 +75,7 @@ def test_the_scheduler_counts_relay_passes_by_reason() -> None:
     assert got.value("notifier_relay_passes_total") == 2
     assert got.value("notifier_relay_enqueued_total", reason="due") == 2
     assert got.value("notifier_relay_enqueued_total", reason="missed") == 1
-    assert not got.has("notifier_relay_enqueued_total", reason="lost")
+    assert got.value("notifier_relay_enqueued_total", reason="lost") == 0
     assert got.value("notifier_scheduler_ticks_sent_total") == 1
     assert "notifier_scheduler_ticks_total" not in got.series_names()
 
@@ -87,11 +87,37 @@ def test_nothing_is_counted_when_disabled(registry: CollectorRegistry) -> None:
     metrics.provider_call("email", 1.0)
     metrics.tick()
     got = scraped(registry)
-    assert not got.has("notifier_notifications_accepted_total")
-    assert not got.has("notifier_deliveries_total")
+    assert got.value("notifier_notifications_accepted_total") == 0
+    assert got.value("notifier_deliveries_total") == 0
     assert got.value("notifier_delivery_duration_seconds_count") == 0
     assert got.value("notifier_scheduler_ticks_total") == 0
     assert not metrics.enabled()
+
+
+@pytest.mark.parametrize(
+    ("process", "family", "label", "values"),
+    [
+        ("api", "notifier_notifications_accepted_total", "source", {"api", "batch", "event"}),
+        ("worker", "notifier_notifications_accepted_total", "source", {"rule"}),
+        ("worker", "notifier_deliveries_total", "outcome", set(metrics.OUTCOMES)),
+        ("worker", "notifier_delivery_latency_seconds_count", "channel", {"email", "sms", "webhook", "log"}),
+        ("worker", "notifier_rule_firings_total", "outcome", {"fired", "failed"}),
+        ("scheduler", "notifier_relay_enqueued_total", "reason", set(metrics.RELAY_REASONS)),
+    ],
+)
+def test_every_series_a_process_counts_starts_at_zero(
+    process: metrics.Process, family: str, label: str, values: set[str]
+) -> None:
+    """So that Prometheus sees a first event as an increase (its first sample of a series is its start)."""
+    registry = CollectorRegistry()
+    metrics.install(process, registry)
+    metrics.disable()
+    got = scraped(registry)
+    assert got.label_values(label, family) == values
+    assert got.value(family) == 0
+    if family == "notifier_deliveries_total":
+        assert got.label_values("channel", family) == {"email", "sms", "webhook", "log", metrics.UNKNOWN_CHANNEL}
+        assert {s.labels["outcome"] for s in got.samples(family, channel=metrics.UNKNOWN_CHANNEL)} == {"abandoned"}
 
 
 def test_installing_twice_on_one_registry_keeps_the_families(registry: CollectorRegistry) -> None:
