@@ -45,13 +45,18 @@ OPEN_SPANS = 10_000
 
 _tracer: trace.Tracer | None = None
 _provider: TracerProvider | None = None
-_producing: contextvars.ContextVar[bool] = contextvars.ContextVar("notifier_producing", default=False)
+_in_batch: contextvars.ContextVar[bool] = contextvars.ContextVar("notifier_in_batch", default=False)
 _NOTHING: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
 def enabled(env: Mapping[str, str] = os.environ) -> bool:
     """Whether the environment asks for traces (an OTLP endpoint is set)."""
     return any(env.get(name) for name in ENDPOINT_VARIABLES)
+
+
+def enabled_now() -> bool:
+    """Whether this process traces (:func:`configure` turned it on)."""
+    return _tracer is not None
 
 
 def configure(service_default: str) -> bool:
@@ -186,7 +191,7 @@ def _parent(value: str | None) -> otel_context.Context | None:
     return None if remote is None else trace.set_span_in_context(NonRecordingSpan(remote))
 
 
-def _attributes(message: dramatiq.Message[Any], operation: str) -> dict[str, Any]:
+def _attributes(message: Any, operation: str) -> dict[str, Any]:
     return {
         "messaging.system": "dramatiq",
         "messaging.operation.type": operation,
@@ -210,7 +215,7 @@ def _producer(message: dramatiq.Message[Any]) -> Span:
 @contextlib.contextmanager
 def _producing(messages: Sequence[dramatiq.Message[Any]]) -> Iterator[None]:
     spans = [_producer(message) for message in messages]
-    token = _producing.set(True)
+    token = _in_batch.set(True)
     try:
         yield
     except BaseException as exc:
@@ -219,7 +224,7 @@ def _producing(messages: Sequence[dramatiq.Message[Any]]) -> Iterator[None]:
             each.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         raise
     finally:
-        _producing.reset(token)
+        _in_batch.reset(token)
         for each in spans:
             each.end()
 
@@ -268,7 +273,7 @@ class Messaging(dramatiq.Middleware):
         self.processing = _OpenSpans(limit)
 
     def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None) -> None:
-        if _tracer is None or _producing.get():
+        if _tracer is None or _in_batch.get():
             return
         if OPTION in message.options and not trace.get_current_span().get_span_context().is_valid:
             return  # the worker moving a delayed message on: it was traced when it was sent
