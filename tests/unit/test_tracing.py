@@ -105,7 +105,8 @@ def test_a_span_left_by_an_exception_is_an_error(spans: InMemorySpanExporter) ->
 
 def test_parse_takes_only_valid_traceparents() -> None:
     good = tracing.parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
-    assert good is not None and good.is_remote
+    assert good is not None
+    assert good.is_remote
     assert (good.trace_id, good.span_id) == (0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331)
     for bad in (
         None,
@@ -144,10 +145,12 @@ def test_producing_gives_each_message_a_producer_span_and_its_traceparent(spans:
     found = by_name(spans)
     [server] = found["POST /notify"]
     producers = found["send notifier.deliver"]
-    assert len(producers) == 2 and len(spans.get_finished_spans()) == 3
+    assert len(producers) == 2
+    assert len(spans.get_finished_spans()) == 3
     for message, producer in zip(messages, producers, strict=True):
         assert producer.kind is SpanKind.PRODUCER
-        assert producer.parent is not None and server.context is not None
+        assert producer.parent is not None
+        assert server.context is not None
         assert producer.parent.span_id == server.context.span_id
         trace_id, span_id = hex_ids(producer)
         assert message.options["traceparent"].startswith(f"00-{trace_id}-{span_id}-")
@@ -212,7 +215,8 @@ def test_a_message_is_traced_from_send_through_its_retry(spans: InMemorySpanExpo
     assert parent(first_run) == hex_ids(first_send)[1]
     assert parent(retry_send) == hex_ids(first_run)[1]
     assert parent(second_run) == hex_ids(retry_send)[1]
-    assert first_run.kind is SpanKind.CONSUMER and first_send.kind is SpanKind.PRODUCER
+    assert first_run.kind is SpanKind.CONSUMER
+    assert first_send.kind is SpanKind.PRODUCER
     assert first_run.status.status_code is StatusCode.ERROR
     assert second_run.status.status_code is StatusCode.UNSET
     assert runs == [hex_ids(first_run), hex_ids(second_run)]
@@ -220,7 +224,8 @@ def test_a_message_is_traced_from_send_through_its_retry(spans: InMemorySpanExpo
         ("n-1", 1, *hex_ids(first_run)),
         ("n-1", 2, *hex_ids(second_run)),
     ]
-    assert not messaging.processing.spans and not messaging.sending.spans  # nothing left open
+    assert not messaging.processing.spans
+    assert not messaging.sending.spans
 
 
 def test_open_spans_are_bounded() -> None:
