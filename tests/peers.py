@@ -671,6 +671,8 @@ class ReceivedSpan:
     """(trace id, span id) of each link."""
     status: str
     status_message: str
+    start: int
+    """Its start, in nanoseconds since the epoch."""
 
 
 def _value(value: Any) -> Any:
@@ -725,6 +727,7 @@ class OtlpPeer(HttpPeer):
                             links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
                             status=STATUS_CODES.get(span.status.code, str(span.status.code)),
                             status_message=span.status.message,
+                            start=span.start_time_unix_nano,
                         ),
                     )
         return Response(
