@@ -157,6 +157,7 @@ def _tracing_plugin() -> Any:
         OpenTelemetryConfig(
             exclude=[f"^{path}$" for path in UNTRACED],
             scope_span_details_extractor=method_only,
+            tracer_provider=tracing.provider(),
             exclude_spans=["receive", "send"],
         )
     )

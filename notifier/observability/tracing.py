@@ -106,6 +106,11 @@ def install(provider: TracerProvider | None) -> None:
     _tracer = provider.get_tracer("notifier")
 
 
+def provider() -> TracerProvider | None:
+    """The tracer provider the helpers use, for instrumentations (``None`` when off)."""
+    return _provider
+
+
 def flush(timeout_ms: int = 5_000) -> None:
     """Export what the batch processor holds (at a worker's shutdown)."""
     if _provider is not None:
