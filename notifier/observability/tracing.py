@@ -33,6 +33,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+import notifier
+
 if TYPE_CHECKING:
     from dramatiq.broker import MessageProxy
     from opentelemetry.sdk.trace import TracerProvider
@@ -68,7 +70,6 @@ def configure(service_default: str) -> bool:
     and carry ``traceparent`` to the provider. HTTP spans follow the stable semantic conventions
     unless ``OTEL_SEMCONV_STABILITY_OPT_IN`` says otherwise.
     """
-    global _tracer, _provider
     if not enabled():
         return False
     if _provider is not None:
@@ -80,8 +81,6 @@ def configure(service_default: str) -> bool:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    import notifier
-
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: service_default}))
@@ -89,7 +88,6 @@ def configure(service_default: str) -> bool:
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     install(provider)
     HTTPXClientInstrumentor().instrument(tracer_provider=provider)
-    _tracer = provider.get_tracer("notifier", notifier.__version__)
     return True
 
 
@@ -103,7 +101,7 @@ def install(provider: TracerProvider | None) -> None:
         return
     with contextlib.suppress(Exception):  # the global provider can be set once per process
         trace.set_tracer_provider(provider)
-    _tracer = provider.get_tracer("notifier")
+    _tracer = provider.get_tracer("notifier", notifier.__version__)
 
 
 def provider() -> TracerProvider | None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import dramatiq
@@ -254,3 +257,33 @@ def test_log_lines_carry_the_delivery_and_keep_what_extra_set(spans: InMemorySpa
     assert explicit.attempt == 9  # type: ignore[attr-defined]
     assert expected is not None
     assert (traced.trace_id, traced.span_id) == expected  # type: ignore[attr-defined]
+
+
+SHOW_SERVICE = """
+import os
+from notifier.observability import tracing
+assert tracing.configure("notifier-worker")
+provider = tracing.provider()
+print(provider.resource.attributes["service.name"], os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"])
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "notifier-worker http"),
+        ({"OTEL_SERVICE_NAME": "billing-notifier"}, "billing-notifier http"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attributes,team=ops"}, "from-attributes http"),
+        ({"OTEL_SEMCONV_STABILITY_OPT_IN": "http/dup"}, "notifier-worker http/dup"),
+    ],
+)
+def test_configure_names_the_service_unless_the_environment_does(env: dict[str, str], expected: str) -> None:
+    """In a process of its own: configuring sets this process's global tracer provider."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    # Nothing listens there; the batch processor exports nothing before the process ends.
+    base["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = "http://127.0.0.1:9/v1/traces"
+    done = subprocess.run(
+        [sys.executable, "-c", SHOW_SERVICE], env={**base, **env}, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
