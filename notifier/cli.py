@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from notifier import settings as settings_module
 from notifier.errors import ConfigurationError
+from notifier.observability import tracing
 from notifier.observability.logging import configure_logging
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ def run_api(args: argparse.Namespace) -> None:
     configure_logging(settings.log.level)
     if settings.auth.disabled and not settings.api.keys:
         logger.warning("authentication is disabled (NOTIFIER_AUTH_DISABLED=true)")
+    tracing.configure("notifier-api")
     broker = build_broker(settings)
     uvicorn.run(
         create_app(settings, broker, AsyncEnqueuer(broker, settings.redis.url), ticker(broker), queue_depths),
@@ -189,6 +191,7 @@ def run_scheduler(args: argparse.Namespace) -> None:
 
     settings = settings_module.load()
     configure_logging(settings.log.level)
+    tracing.configure("notifier-scheduler")
     exposition = _serve_metrics(settings.metrics, settings.scheduler.metrics_port)
     broker = install_broker(settings)
     resources = Resources(settings)  # the relay's pool; the tick only needs declaring, to be sent
@@ -214,6 +217,7 @@ def run_scheduler(args: argparse.Namespace) -> None:
     finally:
         stop.set()
         relay.join(timeout=10)
+        tracing.flush()
         if exposition is not None:
             exposition.shutdown()
 

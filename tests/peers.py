@@ -2,8 +2,9 @@
 and a Standard Webhooks receiver, each on 127.0.0.1 with an ephemeral port, recording what it got.
 
 Loaded as a pytest plugin (``pytest_plugins = ["tests.peers"]``), it provides the fixtures
-``tls_ca``, ``smtp_server``, ``smtp_tls_server``, ``http_server``, ``sms_gateway`` and
-``webhook_receiver``; each peer is stopped when its test ends. The classes work on their own as
+``tls_ca``, ``smtp_server``, ``smtp_tls_server``, ``http_server``, ``sms_gateway``,
+``webhook_receiver`` and ``otlp_receiver`` (an OTLP/HTTP trace collector); each peer is stopped
+when its test ends. The classes work on their own as
 context managers too::
 
     with SmtpPeer(implicit_tls=True, auth=("user", "pass")) as smtp:
@@ -648,6 +649,110 @@ class WebhookPeer(HttpPeer):
         return Response(204) if error is None else Response(400, f"invalid signature: {error}".encode())
 
 
+# ----------------------------------------------------------------------------------------- OTLP
+
+
+SPAN_KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
+STATUS_CODES = {0: "UNSET", 1: "OK", 2: "ERROR"}
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    """One span an exporter sent, decoded from OTLP; ids in lower-case hex, ``parent_id`` ``""`` for a root."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str
+    name: str
+    kind: str
+    service: str
+    attributes: dict[str, Any]
+    links: list[tuple[str, str]]
+    """(trace id, span id) of each link."""
+    status: str
+    status_message: str
+    start: int
+    """Its start, in nanoseconds since the epoch."""
+
+
+def _value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _value(kv.value) for kv in value.kvlist_value.values}
+    return None if kind is None else getattr(value, kind)
+
+
+class OtlpPeer(HttpPeer):
+    """An OTLP/HTTP trace receiver (``POST /v1/traces``, protobuf): decodes every
+    ``ExportTraceServiceRequest`` with ``opentelemetry-proto`` and keeps its spans in :attr:`spans`.
+
+    Point an exporter at it with ``OTEL_EXPORTER_OTLP_ENDPOINT=otlp.url``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spans: list[ReceivedSpan] = []
+
+    def handle(self, request: Request) -> Response:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+
+        if request.method != "POST" or request.path != "/v1/traces":
+            return Response(404)
+        body = request.body
+        if request.headers.get("content-encoding") == "gzip":
+            import gzip
+
+            body = gzip.decompress(body)
+        export = ExportTraceServiceRequest()
+        export.ParseFromString(body)
+        for resource_spans in export.resource_spans:
+            resource = {kv.key: _value(kv.value) for kv in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    self._append(
+                        self.spans,
+                        ReceivedSpan(
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_id=span.parent_span_id.hex(),
+                            name=span.name,
+                            kind=SPAN_KINDS.get(span.kind, str(span.kind)),
+                            service=str(resource.get("service.name", "")),
+                            attributes={kv.key: _value(kv.value) for kv in span.attributes},
+                            links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
+                            status=STATUS_CODES.get(span.status.code, str(span.status.code)),
+                            status_message=span.status.message,
+                            start=span.start_time_unix_nano,
+                        ),
+                    )
+        return Response(
+            200, ExportTraceServiceResponse().SerializeToString(), {"content-type": "application/x-protobuf"}
+        )
+
+    def wait_for(self, count: int = 1, timeout: float = DEFAULT_WAIT) -> list[ReceivedSpan]:
+        return self._wait(self.spans, count, timeout, "spans")
+
+    def wait_until(
+        self, predicate: Callable[[list[ReceivedSpan]], T | None], timeout: float = DEFAULT_WAIT, what: str = "spans"
+    ) -> T:
+        """What ``predicate`` makes of the spans received so far, once it is not ``None``/falsy."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = predicate(list(self.spans))
+                if found:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"OtlpPeer: waited {timeout}s for {what}; got {self.spans!r}")
+                self._changed.wait(remaining)
+
+
 # ------------------------------------------------------------------------------------- fixtures
 
 
@@ -694,3 +799,9 @@ def sms_gateway() -> Iterator[SmsPeer]:
 def webhook_receiver() -> Iterator[WebhookPeer]:
     """A Standard Webhooks receiver with a fresh ``whsec_`` secret in ``webhook_receiver.secret``."""
     yield from _running(lambda: WebhookPeer(new_webhook_secret()))
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[OtlpPeer]:
+    """An OTLP/HTTP trace receiver; its base URL (``otlp_receiver.url``) is an ``OTEL_EXPORTER_OTLP_ENDPOINT``."""
+    yield from _running(OtlpPeer)

@@ -10,8 +10,10 @@ import redis.asyncio
 from dramatiq.brokers.redis import RedisBroker
 from litestar import Litestar
 from litestar.di import Provide
+from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 import notifier
 from notifier import channels
@@ -26,7 +28,7 @@ from notifier.api.intake import check_request
 from notifier.api.metrics import Gauges, QueueReader, metrics_controller, prometheus_config
 from notifier.api.notifications import NotificationController
 from notifier.api.rules import RuleController
-from notifier.observability import metrics
+from notifier.observability import metrics, tracing
 from notifier.services import AsyncEnqueue
 from notifier.services.events import Events
 from notifier.services.notifications import Notifications
@@ -86,7 +88,13 @@ def create_app(
     if settings.api.keys:
         middleware.append(ApiKeyMiddleware(settings.api.keys, public_metrics=not settings.metrics.auth))
 
+    plugins: list[Any] = []
+    if tracing.enabled_now():
+        plugins.append(_tracing_plugin())
+        middleware.insert(0, _name_server_span)
+
     app = Litestar(
+        plugins=plugins,
         route_handlers=[
             healthz,
             readyz,
@@ -130,3 +138,40 @@ def create_app(
         debug=False,
     )
     return app
+
+
+UNTRACED = ("/healthz", "/readyz", "/metrics")
+"""Paths whose requests make no span: probes and scrapes."""
+
+
+def _tracing_plugin() -> Any:
+    """Litestar's OpenTelemetry plugin: a SERVER span per request, with the trace context the caller
+    sent as its parent. It wraps the router, so it names the span by the method alone (never the raw
+    path); :func:`_name_server_span`, once the route is known, adds the route template."""
+    from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+    def method_only(scope: Any) -> tuple[str, dict[str, str]]:
+        return str(scope.get("method", "")), {}
+
+    return OpenTelemetryPlugin(
+        OpenTelemetryConfig(
+            exclude=[f"^{path}$" for path in UNTRACED],
+            scope_span_details_extractor=method_only,
+            tracer_provider=tracing.provider(),
+            exclude_spans=["receive", "send"],
+        )
+    )
+
+
+def _name_server_span(app: ASGIApp) -> ASGIApp:
+    """Names the request's SERVER span ``<METHOD> <route template>`` and sets ``http.route``: an app
+    middleware runs after routing, where the scope has the template."""
+
+    async def name(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.HTTP:
+            template = scope.get("path_template") or "/"  # the root route's template is ""
+            tracing.rename(f"{scope.get('method', '')} {template}")
+            tracing.annotate(**{"http.route": template})
+        await app(scope, receive, send)
+
+    return name

@@ -9,6 +9,7 @@ from email.utils import formatdate
 
 from notifier.domain import Notification
 from notifier.errors import DeliveryTimeout, PermanentDeliveryError, TransientDeliveryError
+from notifier.observability import tracing
 from notifier.settings import SmtpServer
 
 
@@ -42,7 +43,10 @@ class EmailChannel:
         except (ValueError, TypeError) as exc:
             raise PermanentDeliveryError(f"cannot build the email: {exc}") from None
         try:
-            with self._connect() as smtp:
+            with (
+                tracing.client("smtp send", **{"server.address": self.server.host, "server.port": self.server.port}),
+                self._connect() as smtp,
+            ):
                 if self.server.username is not None:
                     smtp.login(self.server.username, self.server.password or "")
                 smtp.send_message(msg)

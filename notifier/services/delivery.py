@@ -13,7 +13,8 @@ from typing import Literal
 from notifier.channels.base import Channel as ChannelImpl
 from notifier.domain import Channel, Notification, Status
 from notifier.errors import PermanentDeliveryError, TransientDeliveryError, UnusableRow
-from notifier.observability import metrics
+from notifier.observability import metrics, tracing
+from notifier.observability.logging import delivery
 from notifier.settings import DeliveryPolicy, Settings
 from notifier.store.delivery import Deliveries, Outcome, Pool
 
@@ -81,9 +82,22 @@ class Dispatcher:
             return Delivered("failed", reason=exc.reason)
 
     def _deliver(self, notification_id: uuid.UUID) -> Delivered | NotDue:
-        notification = self.deliveries.claim(notification_id)
+        with tracing.span("claim notification", **{"notifier.notification.id": str(notification_id)}):
+            notification = self.deliveries.claim(notification_id)
         if notification is None:
             return self._unclaimed(notification_id)
+        with delivery(str(notification.id), notification.attempts):
+            tracing.annotate(
+                **{
+                    "notifier.notification.id": str(notification.id),
+                    "notifier.channel": notification.channel.value,
+                    "notifier.attempt": notification.attempts,
+                }
+            )
+            return self._attempt(notification)
+
+    def _attempt(self, notification: Notification) -> Delivered:
+        """Send the claimed ``notification`` once and record the outcome."""
         number = notification.attempts
         attempt = number - notification.attempt_base
         policy = self.policies[notification.channel]
@@ -122,11 +136,14 @@ class Dispatcher:
         metrics.delivered(notification.channel, "sent")
         if notification.attempt_base == 0:  # a replay's latency would count the time it lay failed
             metrics.sent(notification.channel, _since(due))
-        self.deliveries.finish(
-            Outcome(notification.id, number, Status.SENT, "sent", provider_message_id=provider_message_id)
-        )
+        self._record(Outcome(notification.id, number, Status.SENT, "sent", provider_message_id=provider_message_id))
         logger.debug("notification sent", extra={**log, "provider_message_id": provider_message_id})
         return Delivered("sent", notification)
+
+    def _record(self, outcome: Outcome) -> None:
+        attributes = {"notifier.status": outcome.status.value, "notifier.outcome": outcome.outcome}
+        with tracing.span("record outcome", **attributes):
+            self.deliveries.finish(outcome)
 
     def _unclaimed(self, notification_id: uuid.UUID) -> Delivered | NotDue:
         state = self.deliveries.status_of(notification_id)
@@ -148,13 +165,13 @@ class Dispatcher:
     def _retry(
         self, notification: Notification, number: int, outcome: str, reason: str, log: dict[str, object]
     ) -> None:
-        self.deliveries.finish(Outcome(notification.id, number, Status.RETRYING, outcome, reason))
+        self._record(Outcome(notification.id, number, Status.RETRYING, outcome, reason))
         logger.warning("delivery attempt failed; will retry", extra={**log, "outcome": outcome, "error": reason})
 
     def _fail(
         self, notification: Notification, number: int, outcome: str, reason: str, log: dict[str, object]
     ) -> Delivered:
-        self.deliveries.finish(Outcome(notification.id, number, Status.FAILED, outcome, reason))
+        self._record(Outcome(notification.id, number, Status.FAILED, outcome, reason))
         logger.error("notification failed", extra={**log, "outcome": outcome, "error": reason})
         return Delivered("failed", notification, reason)
 

@@ -23,7 +23,7 @@ from notifier.domain import (
 )
 from notifier.domain.rules import EVENT_TYPE
 from notifier.errors import EventNotFound, IdempotencyConflict, InvalidNotification
-from notifier.observability import metrics
+from notifier.observability import metrics, tracing
 from notifier.services import now
 from notifier.services.notifications import Notifications
 from notifier.store import events as store
@@ -106,6 +106,7 @@ class Events:
                 limiter=self._render_limiter(),
             )
             rendered.append((rule, made_all))
+        trace_parent = tracing.traceparent()
         async with store.transaction():  # type: ignore[attr-defined]
             event = await store.insert(new, now=current, event_id=event_id)
             if event is None:
@@ -120,6 +121,7 @@ class Events:
                         last_error=made.failure,
                         rule_id=rule.id,
                         event_id=event.id,
+                        trace_parent=trace_parent,
                     )
                     if stored is not None:
                         created.append(stored)

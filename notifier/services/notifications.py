@@ -31,7 +31,7 @@ from notifier.errors import (
     NotificationNotFound,
     NotifierError,
 )
-from notifier.observability import metrics
+from notifier.observability import metrics, tracing
 from notifier.services import AsyncEnqueue, delay_ms, now
 from notifier.settings import Settings
 from notifier.store import notifications as store
@@ -97,7 +97,9 @@ class Notifications:
         check_configured(new.channel, self.configured)
         current = now()
         due = new.send_at is None or new.send_at <= current
-        stored = await store.insert(new, status=Status.QUEUED if due else Status.SCHEDULED, now=current)
+        stored = await store.insert(
+            new, status=Status.QUEUED if due else Status.SCHEDULED, now=current, trace_parent=tracing.traceparent()
+        )
         if stored is None:
             assert new.idempotency_key is not None
             return await self._replay(new)
@@ -128,7 +130,7 @@ class Notifications:
         if valid:
             news = [new for _, new in valid]
             statuses = [Status.QUEUED if n.send_at is None or n.send_at <= current else Status.SCHEDULED for n in news]
-            stored = await store.insert_many(news, statuses, now=current)
+            stored = await store.insert_many(news, statuses, now=current, trace_parent=tracing.traceparent())
             conflicts = [new.idempotency_key for new, s in zip(news, stored, strict=True) if s is None]
             existing = await store.get_by_idempotency_keys([k for k in conflicts if k is not None]) if conflicts else {}
             for (position, new), notification in zip(valid, stored, strict=True):

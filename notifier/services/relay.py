@@ -13,7 +13,7 @@ import threading
 import time
 from datetime import datetime, timedelta
 
-from notifier.observability import metrics
+from notifier.observability import metrics, tracing
 from notifier.services import Enqueue, delay_ms, now
 from notifier.settings import Settings
 from notifier.store import outbox
@@ -49,7 +49,11 @@ class Relay:
         delivery = self.settings.delivery
 
         def enqueue(pending: list[outbox.Pending]) -> None:
-            self._enqueue([(p.id, delay_ms(p.send_at, current)) for p in pending])
+            # Linked, not parented: each row was created in a trace of its own (a request, a firing).
+            with tracing.linked(
+                "relay notifications", (p.trace_parent for p in pending), **{"notifier.relay.count": len(pending)}
+            ):
+                self._enqueue([(p.id, delay_ms(p.send_at, current)) for p in pending])
 
         done = take(
             self.pool,

@@ -50,9 +50,9 @@ RETURNING NOT enabled AS disabled
 
 _INSERT = """
 INSERT INTO notifications (id, channel, recipient, subject, body, metadata, send_at, status, attempts,
-    last_error, idempotency_key, created_at, updated_at, rule)
+    last_error, idempotency_key, created_at, updated_at, rule, trace_parent)
 VALUES (%(id)s, %(channel)s, %(recipient)s, %(subject)s, %(body)s, %(metadata)s, %(send_at)s, %(status)s, 0,
-    %(last_error)s, %(idempotency_key)s, now(), now(), %(rule)s)
+    %(last_error)s, %(idempotency_key)s, now(), now(), %(rule)s, %(trace_parent)s)
 ON CONFLICT (idempotency_key) DO NOTHING
 """
 
@@ -70,9 +70,16 @@ def due_rules(conn: Connection, *, horizon: datetime, limit: int, exclude: Colle
 
 
 def insert_notification(
-    conn: Connection, new: NewNotification, *, status: Status, last_error: str | None, rule_id: uuid.UUID
+    conn: Connection,
+    new: NewNotification,
+    *,
+    status: Status,
+    last_error: str | None,
+    rule_id: uuid.UUID,
+    trace_parent: str | None = None,
 ) -> bool:
-    """Insert unless the idempotency key exists; ``True`` when a row was written."""
+    """Insert unless the idempotency key exists; ``True`` when a row was written. ``trace_parent``
+    is the W3C ``traceparent`` of the firing."""
     cursor = conn.execute(
         _INSERT,
         {
@@ -87,6 +94,7 @@ def insert_notification(
             "last_error": last_error,
             "idempotency_key": new.idempotency_key,
             "rule": rule_id,
+            "trace_parent": trace_parent,
         },
     )
     return cursor.rowcount == 1

@@ -76,10 +76,17 @@ async def insert(
     last_error: str | None = None,
     rule_id: uuid.UUID | None = None,
     event_id: uuid.UUID | None = None,
+    trace_parent: str | None = None,
 ) -> Notification | None:
     """Store a notification; ``None`` when its idempotency key is taken already."""
     [stored] = await insert_many(
-        [new], [status], now=now, last_errors=[last_error], rule_ids=[rule_id], event_ids=[event_id]
+        [new],
+        [status],
+        now=now,
+        last_errors=[last_error],
+        rule_ids=[rule_id],
+        event_ids=[event_id],
+        trace_parent=trace_parent,
     )
     return stored
 
@@ -234,9 +241,9 @@ async def dead_letters(
 
 _INSERT_MANY = """
 INSERT INTO notifications (id, channel, recipient, subject, body, metadata, send_at, status, attempts,
-    idempotency_key, request_fingerprint, last_error, rule, event, created_at, updated_at)
+    idempotency_key, request_fingerprint, last_error, rule, event, created_at, updated_at, trace_parent)
 SELECT id, channel, recipient, subject, body, metadata, send_at, status, 0,
-    idempotency_key, fingerprint, last_error, rule, event, $1, $1
+    idempotency_key, fingerprint, last_error, rule, event, $1, $1, $15
 FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::timestamptz[],
             $9::text[], $10::text[], $11::text[], $12::text[], $13::uuid[], $14::uuid[])
     AS t(id, channel, recipient, subject, body, metadata, send_at, status,
@@ -248,8 +255,8 @@ RETURNING id
 
 _INSERT_ONE = """
 INSERT INTO notifications (id, channel, recipient, subject, body, metadata, send_at, status, attempts,
-    idempotency_key, request_fingerprint, last_error, rule, event, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, 0, $9, $10, $11, $12, $13, $14, $14)
+    idempotency_key, request_fingerprint, last_error, rule, event, created_at, updated_at, trace_parent)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, 0, $9, $10, $11, $12, $13, $14, $14, $15)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id
 """
@@ -263,10 +270,12 @@ async def insert_many(
     last_errors: Sequence[str | None] | None = None,
     rule_ids: Sequence[uuid.UUID | None] | None = None,
     event_ids: Sequence[uuid.UUID | None] | None = None,
+    trace_parent: str | None = None,
 ) -> list[Notification | None]:
     """Store notifications in one statement; ``None`` where an idempotency key was taken already.
 
-    The rows are built here, so nothing but the ids of the rows written comes back.
+    The rows are built here, so nothing but the ids of the rows written comes back. ``trace_parent``,
+    the W3C ``traceparent`` they were created under, is stored on each.
     """
     none: list[None] = [None] * len(news)
     made = [
@@ -311,6 +320,7 @@ async def insert_many(
             n.rule_id,
             n.event_id,
             now,
+            trace_parent,
         )
         return [n] if inserted else [None]
     inserted = await _fetch(
@@ -329,6 +339,7 @@ async def insert_many(
         [n.last_error for n in made],
         [n.rule_id for n in made],
         [n.event_id for n in made],
+        trace_parent,
     )
     stored = {row["id"] for row in inserted}
     return [n if n.id in stored else None for n in made]

@@ -36,7 +36,7 @@ _REASON = """CASE
 END AS reason"""
 
 _DUE = f"""
-SELECT id, send_at, {_REASON} FROM notifications
+SELECT id, send_at, trace_parent, {_REASON} FROM notifications
 WHERE status IN ('scheduled', 'queued', 'retrying')
   AND COALESCE(send_at, created_at) <= %(horizon)s
   AND (
@@ -50,7 +50,7 @@ FOR UPDATE SKIP LOCKED
 """  # noqa: S608 - composed of constants
 
 _LAPSED = """
-SELECT id, send_at, 'lease_expired' AS reason FROM notifications
+SELECT id, send_at, trace_parent, 'lease_expired' AS reason FROM notifications
 WHERE status = 'sending' AND updated_at <= %(lapsed)s
 ORDER BY updated_at
 LIMIT %(limit)s
@@ -59,7 +59,7 @@ FOR UPDATE SKIP LOCKED
 
 
 _SCHEDULED = f"""
-SELECT id, send_at, {_REASON} FROM notifications
+SELECT id, send_at, trace_parent, {_REASON} FROM notifications
 WHERE status = 'scheduled' AND send_at <= %(horizon)s AND enqueued_at IS NULL AND {_NOT_THE_APIS}
 ORDER BY send_at
 LIMIT %(limit)s
@@ -90,6 +90,8 @@ class Pending:
     id: uuid.UUID
     send_at: datetime | None
     reason: Reason = "due"
+    trace_parent: str | None = None
+    """The W3C ``traceparent`` the notification was created under, if it was traced."""
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ def _take(
 
 
 def _pending(row: dict[str, Any]) -> Pending:
-    return Pending(row["id"], row["send_at"], row["reason"])
+    return Pending(row["id"], row["send_at"], row["reason"], row.get("trace_parent"))
 
 
 _NEXT_DUE = """

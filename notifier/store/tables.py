@@ -79,6 +79,8 @@ class NotificationTable(Table, tablename="notifications"):
     sent_at = Timestamptz(null=True, default=None)
     rule = ForeignKey(references=RuleTable, on_delete=OnDelete.set_null, null=True, default=None)
     event = ForeignKey(references=EventTable, on_delete=OnDelete.set_null, null=True, default=None)
+    trace_parent = Varchar(length=64, null=True, default=None)
+    """The W3C ``traceparent`` of the request or rule firing that created it, for the relay's span links."""
 
 
 class DeliveryAttemptTable(Table, tablename="delivery_attempts"):

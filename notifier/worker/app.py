@@ -26,7 +26,7 @@ from notifier import channels
 from notifier import settings as settings_module
 from notifier.channels.base import Channel as ChannelImpl
 from notifier.domain import Channel
-from notifier.observability import metrics
+from notifier.observability import metrics, tracing
 from notifier.observability.logging import configure_logging
 from notifier.services.delivery import Dispatcher
 from notifier.services.rules import RuleScheduler
@@ -170,9 +170,11 @@ def install_broker(settings: Settings) -> RedisBroker:
 
 def setup() -> None:
     """A worker process's start, called by Dramatiq's CLI (``notifier.worker.app:setup``), which
-    then takes the global broker: settings, logging, the broker, the actors."""
+    then takes the global broker: settings, logging, tracing, the broker, the actors. Tracing starts
+    here, in each worker process, as its exporter's thread would not survive the fork."""
     settings = settings_module.load()
     configure_logging(settings.log.level)
+    tracing.configure("notifier-worker")
     broker = install_broker(settings)
     if settings.metrics.enabled:
         instrument(broker)

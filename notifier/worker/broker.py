@@ -33,6 +33,7 @@ from dramatiq.middleware import (
 )
 from periodiq import PeriodiqMiddleware
 
+from notifier.observability import tracing
 from notifier.observability.metrics import QueueDepth
 from notifier.services import Enqueue
 from notifier.settings import Settings
@@ -66,6 +67,9 @@ def build(settings: Settings) -> RedisBroker:
     )
     # Every provider call is bounded by NOTIFIER_DELIVERY_TIMEOUT; the time limit is the backstop.
     middleware = [
+        # First: its before hooks run before the others' and its after hooks after them, so the
+        # worker's CONSUMER span spans the whole of a message's processing (retries included).
+        tracing.Messaging(),
         AgeLimit(),
         TimeLimit(time_limit=int(settings.time_limit * 1000)),
         ShutdownNotifications(),
@@ -265,6 +269,8 @@ class _Batch:
 
     Like ``RedisBroker.enqueue``, it runs the middleware's ``before_enqueue`` before it encodes a
     message, so what a middleware stamps on the message there (its options) is stored with it.
+    :meth:`traced` gives each message its PRODUCER span and ``traceparent`` (tracing's middleware
+    leaves the messages of a batch to it).
     """
 
     def __init__(self, broker: RedisBroker, items: Sequence[tuple[uuid.UUID, int]]) -> None:
@@ -285,6 +291,10 @@ class _Batch:
                 options=options,
             )
             self.messages.append((message, delay))
+
+    def traced(self) -> contextlib.AbstractContextManager[None]:
+        """Around the script calls: see :func:`notifier.observability.tracing.producing`."""
+        return tracing.producing([message for message, _ in self.messages] if tracing.enabled_now() else ())
 
     def before(self) -> list[list[Any]]:
         """Emits ``before_enqueue`` for every message, then encodes them: the arguments of one
@@ -316,8 +326,9 @@ def enqueuer(broker: RedisBroker) -> Enqueue:
     def enqueue(items: Sequence[tuple[uuid.UUID, int]]) -> None:
         for chunk in _chunks(items):
             batch = _Batch(broker, chunk)
-            for args in batch.before():
-                script(keys=[broker.namespace], args=args)
+            with batch.traced():
+                for args in batch.before():
+                    script(keys=[broker.namespace], args=args)
             batch.after()
 
     return enqueue
@@ -335,8 +346,9 @@ class AsyncEnqueuer:
     async def __call__(self, items: Sequence[tuple[uuid.UUID, int]]) -> None:
         for chunk in _chunks(items):
             batch = _Batch(self.broker, chunk)
-            for args in batch.before():
-                await self.script(keys=[self.broker.namespace], args=args)
+            with batch.traced():
+                for args in batch.before():
+                    await self.script(keys=[self.broker.namespace], args=args)
             batch.after()
 
     async def aclose(self) -> None:
