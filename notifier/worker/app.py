@@ -26,7 +26,7 @@ from notifier import channels
 from notifier import settings as settings_module
 from notifier.channels.base import Channel as ChannelImpl
 from notifier.domain import Channel
-from notifier.observability import metrics, tracing
+from notifier.observability import metrics, multiprocess, tracing
 from notifier.observability.logging import configure_logging
 from notifier.services.delivery import Dispatcher
 from notifier.services.rules import RuleScheduler
@@ -131,6 +131,14 @@ class KeepSeries(dramatiq.Middleware):
                 family.labels = functools.lru_cache(maxsize=self.SIZE)(family.labels)  # type: ignore[method-assign]
 
 
+class FlushMetrics(dramatiq.Middleware):
+    """Writes the counts a worker process has not yet copied to its metrics files once its threads
+    have stopped (:mod:`notifier.observability.multiprocess`)."""
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        multiprocess.flush()
+
+
 def instrument(broker: dramatiq.Broker) -> None:
     """Count this worker process's metrics: Dramatiq's Prometheus middleware (whose exposition server
     serves every process's, from the multiprocess directory ``notifier worker`` set) and notifier's."""
@@ -138,11 +146,13 @@ def instrument(broker: dramatiq.Broker) -> None:
     # sets before it starts Dramatiq; nothing else needs it.
     from dramatiq.middleware.prometheus import Prometheus
 
+    multiprocess.install()
     metrics.install("worker", CollectorRegistry())
     prometheus = Prometheus()
     broker.add_middleware(prometheus, before=AgeLimit)  # where Dramatiq's default middleware puts it
     broker.add_middleware(KeepSeries(prometheus), before=Prometheus)
     broker.add_middleware(CountGivenUp(), before=Retries)
+    broker.add_middleware(FlushMetrics())
 
 
 @dataclass(frozen=True)
