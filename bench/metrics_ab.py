@@ -1,0 +1,104 @@
+"""``python -m bench.metrics_ab``: what metrics cost ``POST /notify``, the API alone.
+
+Two ``notifier api`` processes on one database and Redis namespace of their own, one with metrics on
+and one with them off, loaded in turn (closed loop, 32 connections, 5 s after 1 s of warm-up), the
+order alternating each round so that the machine's drift falls on both alike. No worker runs: the
+delivery queue only grows, and is deleted at the end with the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+
+import httpx
+import psycopg
+import redis
+
+from bench import load
+from bench.stack import clean_env, free_port, with_database
+
+SETTINGS = {"on": "true", "off": "false"}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.metrics_ab", description=__doc__)
+    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args(argv)
+
+    name = f"notifier_ab_{uuid.uuid4().hex[:10]}"
+    namespace = f"nab{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(args.database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(args.database_url, name)
+    env = {
+        **clean_env(),
+        "NOTIFIER_DATABASE_URL": url,
+        "NOTIFIER_REDIS_URL": args.redis_url,
+        "NOTIFIER_REDIS_NAMESPACE": namespace,
+        "NOTIFIER_AUTH_DISABLED": "true",
+        "NOTIFIER_LOG_LEVEL": "WARNING",
+    }
+    processes: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    try:
+        subprocess.run([sys.executable, "-m", "notifier", "migrate"], env=env, check=True, capture_output=True)
+        for setting, enabled in SETTINGS.items():
+            port = free_port()
+            command = [sys.executable, "-m", "notifier", "api", "--port", str(port)]
+            process = subprocess.Popen(command, env={**env, "NOTIFIER_METRICS_ENABLED": enabled})
+            processes[setting] = (process, port)
+        for process, port in processes.values():
+            _wait_healthy(process, port)
+        body = json.dumps({"channel": "log", "recipient": "bench-ab", "body": "benchmark notification"}).encode()
+        rates: dict[str, list[float]] = {setting: [] for setting in processes}
+        for round_ in range(args.rounds):
+            order = list(processes) if round_ % 2 == 0 else list(processes)[::-1]
+            for setting in order:
+                _, port = processes[setting]
+                report = load.closed(
+                    f"http://127.0.0.1:{port}/notify", body, connections=32, duration=args.seconds, warmup=1
+                )
+                rates[setting].append(report["rate"])
+                print(f"round {round_ + 1} metrics {setting}: {report['rate']:,.0f} req/s", flush=True)
+        on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+        for setting, found in rates.items():
+            print(f"metrics {setting}: median {statistics.median(found):,.0f} req/s, all {[round(r) for r in found]}")
+        print(f"lost with metrics on: {1 - on / off:.1%}")
+    finally:
+        for process, _ in processes.values():
+            process.terminate()
+            process.wait(timeout=30)
+        with psycopg.connect(args.database_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        client = redis.Redis.from_url(args.redis_url)
+        keys = list(client.scan_iter(f"{namespace}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def _wait_healthy(process: subprocess.Popen[bytes], port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"notifier api exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"notifier api on :{port} not healthy after {timeout:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
