@@ -53,10 +53,10 @@ _HTTP = ("method", "path", "status_code", "app_name")
 _DRAMATIQ = ("queue_name", "actor_name")
 
 FAMILIES: tuple[Family, ...] = (
-    # The API: Litestar's Prometheus middleware (prefix notifier_api, route templates as `path`).
+    # The API: Litestar's Prometheus middleware's families (prefix notifier_api, route templates as `path`).
     Family("notifier_api_requests_total", "counter", _HTTP, API_JOB),
     Family("notifier_api_request_duration_seconds", "histogram", _HTTP, API_JOB),
-    Family("notifier_api_requests_in_progress", "gauge", ("method", "path", "app_name"), API_JOB),
+    Family("notifier_api_requests_in_progress", "gauge", ("method", "app_name"), API_JOB),
     Family("notifier_api_requests_error_total", "counter", _HTTP, API_JOB),
     # The API: notifier's own, the gauges read from Redis and PostgreSQL at scrape.
     Family("notifier_notifications_accepted_total", "counter", ("channel", "source"), API_JOB),

@@ -25,7 +25,7 @@ from notifier.api.errors import HANDLERS
 from notifier.api.events import EventController
 from notifier.api.health import healthz, readyz
 from notifier.api.intake import check_request
-from notifier.api.metrics import Gauges, QueueReader, metrics_controller, prometheus_config
+from notifier.api.metrics import Gauges, QueueReader, count_requests, metrics_controller
 from notifier.api.notifications import NotificationController
 from notifier.api.rules import RuleController
 from notifier.observability import metrics, tracing
@@ -84,7 +84,6 @@ def create_app(
         gauges = Gauges(service, queues, lambda: app.state.redis, settings.redis.namespace)
         public = not settings.metrics.auth or not settings.api.keys
         handlers.append(metrics_controller(gauges, public=public))
-        middleware.append(prometheus_config().middleware)  # outermost: it counts refused requests too
     if settings.api.keys:
         middleware.append(ApiKeyMiddleware(settings.api.keys, public_metrics=not settings.metrics.auth))
 
@@ -137,6 +136,8 @@ def create_app(
         logging_config=None,
         debug=False,
     )
+    if settings.metrics.enabled:
+        count_requests(app)
     return app
 
 

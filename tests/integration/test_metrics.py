@@ -244,7 +244,7 @@ def test_a_scrape_answers_while_redis_is_away(
     assert not got.has("notifier_dead_letters")
     assert got.has("notifier_api_requests_total", path="/notify")
     assert got.value("notifier_api_requests_error_total", path="/readyz", status_code="503") >= 1
-    assert got.value("notifier_api_requests_in_progress", method="GET", path="/readyz", app_name="notifier") == 0
+    assert got.value("notifier_api_requests_in_progress", method="GET", app_name="notifier") == 0
     warnings = [r for r in caplog.records if r.name == "notifier.api.metrics"]
     assert len(warnings) == 1, warnings  # said once, not at every scrape
     assert warnings[0].levelno == logging.WARNING
