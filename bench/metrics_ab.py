@@ -83,17 +83,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             process.wait(timeout=30)
         with psycopg.connect(args.database_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        client = redis.Redis.from_url(args.redis_url)
-        keys = list(client.scan_iter(f"{namespace}*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        _delete_keys(args.redis_url, namespace)
 
 
 def _reset(database_url: str, redis_url: str, namespace: str) -> None:
     """Empty the table and the queue, so that each load starts where the others did."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("TRUNCATE notifications CASCADE")
+    _delete_keys(redis_url, namespace)
+
+
+def _delete_keys(redis_url: str, namespace: str) -> None:
     client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter(f"{namespace}*"))
     if keys:

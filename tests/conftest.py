@@ -24,6 +24,11 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 import redis
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from notifier.observability import tracing
 
 pytest_plugins = ["tests.peers"] if importlib.util.find_spec("tests.peers") else []
 
@@ -148,6 +153,20 @@ def redis_namespace(redis_url: str) -> Iterator[str]:
     namespace = f"ntest{secrets.token_hex(6)}"
     yield namespace
     _delete_namespace(redis_url, namespace)
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Tracing on for the test, every span exported at its end into the exporter yielded."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    try:
+        yield exporter
+    finally:
+        tracing.install(None)
+        provider.shutdown()
 
 
 def free_port() -> int:
