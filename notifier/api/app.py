@@ -29,6 +29,7 @@ from notifier.api.metrics import Gauges, QueueReader, count_requests, metrics_co
 from notifier.api.notifications import NotificationController
 from notifier.api.rules import RuleController
 from notifier.observability import metrics, tracing
+from notifier.observability.tally import Tally
 from notifier.services import AsyncEnqueue
 from notifier.services.events import Events
 from notifier.services.notifications import Notifications
@@ -47,7 +48,7 @@ def create_app(
     asks for a scheduler tick, ``queues`` reads the queues' depths for ``/metrics`` (which is there
     unless ``NOTIFIER_METRICS_ENABLED=false``)."""
     if settings.metrics.enabled:
-        metrics.install("api")
+        counts = metrics.install("api", counts=Tally()).counts  # added up at each scrape
     else:
         metrics.disable()
     configured = channels.configured(settings)
@@ -137,7 +138,7 @@ def create_app(
         debug=False,
     )
     if settings.metrics.enabled:
-        count_requests(app)
+        count_requests(app, counts)
     return app
 
 

@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 from notifier.api.errors import problems
 from notifier.api.health import PUBLIC
 from notifier.observability import metrics
+from notifier.observability.tally import Counts, Tally
 from notifier.services.notifications import Notifications
 
 logger = logging.getLogger("notifier.api.metrics")
@@ -44,6 +45,8 @@ QueueReader = Callable[[redis.asyncio.Redis, str], Awaitable[tuple[dict[str, met
 (:func:`notifier.worker.broker.queue_depths`)."""
 
 
+ADD_UP_AT = 1024
+"""Counts waiting on the API's tally that make the next request add them up (a fraction of a millisecond)."""
 APP_NAME = "notifier"
 PREFIX = "notifier_api"
 
@@ -56,15 +59,16 @@ class RequestMetrics:
     It wraps the Litestar app's ASGI handler (:func:`count_requests`), around its routing and its
     middleware, rather than being one of them: once any middleware is configured, Litestar puts an
     exception-handling layer under it on every route, and with Litestar's middleware machinery that
-    cost ``POST /notify`` 7.5 % of its throughput where this costs 4 % (``bench/README.md``). The
-    route template is the one routing left in the scope; a request no route matched is not counted
-    (a raw path is never a label), nor are scrapes of ``/metrics``. Refused requests (401, 413, 422)
-    are counted, under their route.
+    cost ``POST /notify`` 7.5 % of its throughput (``bench/README.md``). The route template is the
+    one routing left in the scope; a request no route matched is not counted (a raw path is never a
+    label), nor are scrapes of ``/metrics``. Refused requests (401, 413, 422) are counted, under
+    their route. Its counts are noted on the API's tally (:mod:`notifier.observability.tally`),
+    added up at each scrape and whenever :data:`ADD_UP_AT` are waiting.
     """
 
     _families: ClassVar[dict[str, tuple[Counter, Histogram, Gauge, Counter]]] = {}
 
-    def __init__(self, app: ASGIApp, *, prefix: str = PREFIX, app_name: str = APP_NAME) -> None:
+    def __init__(self, app: ASGIApp, counts: Counts, *, prefix: str = PREFIX, app_name: str = APP_NAME) -> None:
         self.app = app
         if prefix not in RequestMetrics._families:  # once per process: the families live on the default registry
             labels = ["method", "path", "status_code", "app_name"]
@@ -78,6 +82,9 @@ class RequestMetrics:
         self._series: dict[tuple[str, str, int], tuple[Counter, Histogram, Counter | None]] = {}
         self._running: dict[str, Gauge] = {}
         self._name = app_name
+        self._count = counts.count
+        self._observe = counts.observe
+        self._tally = counts if isinstance(counts, Tally) else None
 
     def _new_series(self, method: str, path: str, status: int) -> tuple[Counter, Histogram, Counter | None]:
         labels = (method, path, str(status), self._name)
@@ -106,28 +113,31 @@ class RequestMetrics:
                 status = message["status"]
             await send(message)
 
+        count = self._count
         running = self._running.get(method) or self._new_running(method)
-        running.inc()
+        count(running, 1)
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            running.dec()
+            count(running, -1)
             template = scope.get("path_template")
             if template is not None:
                 path = template or "/"  # the root route's template is ""
                 requests, durations, errors = self._series.get((method, path, status)) or self._new_series(
                     method, path, status
                 )
-                requests.inc()
-                durations.observe(time.perf_counter() - started)
+                count(requests, 1)
+                self._observe(durations, time.perf_counter() - started)
                 if errors is not None:
-                    errors.inc()
+                    count(errors, 1)
+            if self._tally is not None and len(self._tally) >= ADD_UP_AT:
+                self._tally.add_up()
 
 
-def count_requests(app: Litestar) -> None:
-    """Count ``app``'s requests (:class:`RequestMetrics`) around its ASGI handler, which
-    ``Litestar.__call__`` calls for every request after the lifespan."""
-    app.asgi_handler = RequestMetrics(app.asgi_handler)
+def count_requests(app: Litestar, counts: Counts) -> None:
+    """Count ``app``'s requests (:class:`RequestMetrics`) on ``counts``, around its ASGI handler,
+    which ``Litestar.__call__`` calls for every request after the lifespan."""
+    app.asgi_handler = RequestMetrics(app.asgi_handler, counts)
 
 
 class Backend:
@@ -192,6 +202,7 @@ class Gauges:
             statuses=statuses,
             up={"redis": self.redis.up, "postgresql": self.postgresql.up},
         )
+        metrics.add_up()
         return generate_latest(metrics.Chain(REGISTRY, live))
 
 

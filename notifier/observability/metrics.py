@@ -21,22 +21,21 @@ them (:mod:`notifier.api.metrics`) and hands them to :func:`live_families` as pl
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 
 from notifier.domain import Channel
+from notifier.observability.tally import Counts, Direct, Tally
 
 Source = Literal["api", "batch", "event", "rule"]
 Outcome = Literal["sent", "transient_error", "permanent_error", "timeout", "abandoned", "dead_lettered"]
 RelayReason = Literal["due", "missed", "lost", "lease_expired"]
 RuleOutcome = Literal["fired", "failed"]
-M = TypeVar("M", bound=MetricWrapperBase)
 
 SOURCES: tuple[Source, ...] = ("api", "batch", "event", "rule")
 OUTCOMES: tuple[Outcome, ...] = ("sent", "transient_error", "permanent_error", "timeout", "abandoned", "dead_lettered")
@@ -75,7 +74,9 @@ class Families:
     each exporting the series that process counts, from 0; those without are on the process that
     counts them only, as a family without labels is exported from its creation."""
 
-    def __init__(self, registry: CollectorRegistry, process: Process) -> None:
+    def __init__(self, registry: CollectorRegistry, process: Process, counts: Counts) -> None:
+        self.counts = counts
+        """How the helpers count: at once, or on a worker process's tally (:mod:`.multiprocess`)."""
         self.accepted = Counter(
             "notifier_notifications_accepted",
             "Notifications stored for delivery, by channel and by what created them (api: POST /notify, batch:"
@@ -150,8 +151,15 @@ class Families:
             if process == "scheduler"
             else None
         )
-        self._lock = threading.Lock()
-        self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
+        self.accepted_of = Series(self.accepted)
+        self.deliveries_of = Series(self.deliveries)
+        self.provider_of = Series(self.provider)
+        self.latency_of = Series(self.latency)
+        self.lateness_of = Series(self.lateness)
+        self.rule_firings_of = Series(self.rule_firings)
+        self.relayed_of = Series(self.relayed)
+        self.count = counts.count
+        self.observe = counts.observe
         self._start_at_zero(process)
 
     def _start_at_zero(self, process: Process) -> None:
@@ -160,37 +168,44 @@ class Families:
         if process == "api":
             for channel in channels:
                 for source in ("api", "batch", "event"):
-                    self.child(self.accepted, channel, source)
+                    self.accepted_of[channel, source]
         elif process == "worker":
             for channel in channels:
-                self.child(self.accepted, channel, "rule")
+                self.accepted_of[channel, "rule"]
                 for outcome in OUTCOMES:
-                    self.child(self.deliveries, channel, outcome)
-                for histogram in (self.provider, self.latency, self.lateness):
-                    self.child(histogram, channel)
-            self.child(self.deliveries, UNKNOWN_CHANNEL, "abandoned")
+                    self.deliveries_of[channel, outcome]
+                for histogram in (self.provider_of, self.latency_of, self.lateness_of):
+                    histogram[channel]
+            self.deliveries_of[UNKNOWN_CHANNEL, "abandoned"]
             for rule_outcome in RULE_OUTCOMES:
-                self.child(self.rule_firings, rule_outcome)
+                self.rule_firings_of[rule_outcome]
         else:
             for reason in RELAY_REASONS:
-                self.child(self.relayed, reason)
+                self.relayed_of[reason]
 
-    def child(self, family: M, *labels: str) -> M:
-        """``family.labels(*labels)``, kept: the label lookup takes a lock and builds a tuple, on every call."""
-        key = (id(family), *labels)
-        found = self._children.get(key)
-        if found is None:
-            with self._lock:
-                found = self._children[key] = family.labels(*labels)
-        return found  # type: ignore[return-value]
+
+class Series(dict[Any, Any]):
+    """A family's children by their label values (a tuple of them, or the one value of a family with
+    one label), each made on first use: ``family.labels()`` takes a lock and builds a tuple on every
+    call, and a worker counts four times a message."""
+
+    def __init__(self, family: MetricWrapperBase) -> None:
+        super().__init__()
+        self.family = family
+
+    def __missing__(self, labels: str | tuple[str, ...]) -> Any:
+        # Two threads may both get here: the family gives both the same child.
+        found = self[labels] = self.family.labels(*labels) if isinstance(labels, tuple) else self.family.labels(labels)
+        return found
 
 
 _installed: dict[CollectorRegistry, Families] = {}
 _active: Families | None = None
 
 
-def install(process: Process, registry: CollectorRegistry = REGISTRY) -> Families:
-    """Define ``process``'s families on ``registry`` (once per registry) and count on them from now on.
+def install(process: Process, registry: CollectorRegistry = REGISTRY, counts: Counts | None = None) -> Families:
+    """Define ``process``'s families on ``registry`` (once per registry) and count on them from now on,
+    with ``counts`` (at once unless told).
 
     The ``*_created`` series prometheus-client adds to every counter and histogram are left out:
     nothing here reads them, and they doubled what a scrape carries."""
@@ -198,9 +213,16 @@ def install(process: Process, registry: CollectorRegistry = REGISTRY) -> Familie
     disable_created_metrics()  # type: ignore[no-untyped-call]
     families = _installed.get(registry)
     if families is None:
-        families = _installed[registry] = Families(registry, process)
+        families = _installed[registry] = Families(registry, process, Direct() if counts is None else counts)
     _active = families
     return families
+
+
+def add_up() -> None:
+    """Add up what this process noted and has not yet counted, if it counts on a tally (the API before
+    a scrape; a worker process's flusher adds its own up)."""
+    if (f := _active) is not None and isinstance(f.counts, Tally):
+        f.counts.add_up()
 
 
 def disable() -> None:
@@ -216,57 +238,57 @@ def enabled() -> bool:
 def accepted(channel: str, source: Source, n: int = 1) -> None:
     """``n`` notifications on ``channel`` stored for delivery by ``source``."""
     if (f := _active) is not None and n:
-        f.child(f.accepted, channel, source).inc(n)
+        f.count(f.accepted_of[channel, source], n)
 
 
 def delivered(channel: str, outcome: Outcome) -> None:
     """One delivery outcome: an attempt's, or a message ``abandoned``, or a notification ``dead_lettered``."""
     if (f := _active) is not None:
-        f.child(f.deliveries, channel, outcome).inc()
+        f.count(f.deliveries_of[channel, outcome], 1)
 
 
 def provider_call(channel: str, seconds: float) -> None:
     """The provider call of one attempt took ``seconds``."""
     if (f := _active) is not None:
-        f.child(f.provider, channel).observe(seconds)
+        f.observe(f.provider_of[channel], seconds)
 
 
 def sent(channel: str, latency: float) -> None:
     """A notification was sent ``latency`` seconds after it was due."""
     if (f := _active) is not None:
-        f.child(f.latency, channel).observe(max(0.0, latency))
+        f.observe(f.latency_of[channel], max(0.0, latency))
 
 
 def first_attempt(channel: str, lateness: float) -> None:
     """A notification's first attempt started ``lateness`` seconds after it was due."""
     if (f := _active) is not None:
-        f.child(f.lateness, channel).observe(max(0.0, lateness))
+        f.observe(f.lateness_of[channel], max(0.0, lateness))
 
 
 def tick() -> None:
     """A worker ran a scheduler tick to its end."""
     if (f := _active) is not None and f.ticks is not None:
-        f.ticks.inc()
+        f.count(f.ticks, 1)
 
 
 def rule_firings(outcome: RuleOutcome, n: int = 1) -> None:
     if (f := _active) is not None and n:
-        f.child(f.rule_firings, outcome).inc(n)
+        f.count(f.rule_firings_of[outcome], n)
 
 
 def relayed(counts: Mapping[RelayReason, int]) -> None:
     """One relay pass: how many it enqueued, by reason."""
     if (f := _active) is not None and f.relay_passes is not None:
-        f.relay_passes.inc()
+        f.count(f.relay_passes, 1)
         for reason, n in counts.items():
             if n:
-                f.child(f.relayed, reason).inc(n)
+                f.count(f.relayed_of[reason], n)
 
 
 def tick_sent() -> None:
     """The scheduler sent a tick."""
     if (f := _active) is not None and f.ticks_sent is not None:
-        f.ticks_sent.inc()
+        f.count(f.ticks_sent, 1)
 
 
 def live_families(

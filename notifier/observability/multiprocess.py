@@ -10,6 +10,10 @@ mode, and a thread of the process copies the values that changed to the files ev
 :data:`FLUSH_INTERVAL` seconds and once more when the worker stops (:func:`flush`). A scrape sees
 counts at most that much late.
 
+The per-message counts of a worker (notifier's delivery families, Dramatiq's Prometheus middleware's)
+are not even made on the threads that deliver: they are noted on the process's
+:class:`~notifier.observability.tally.Tally`, which the flusher adds up before it copies.
+
 prometheus-client's private names (``values.ValueClass``, ``MultiProcessValue``'s ``_value``,
 ``_timestamp``, ``_file`` and ``_key``) are used here only, against a pinned minor version, and
 ``tests/unit/test_multiprocess.py`` checks them against the library's own collector.
@@ -24,6 +28,8 @@ from typing import Any
 
 from prometheus_client import values
 
+from notifier.observability.tally import Counts, Direct, Tally
+
 FLUSH_INTERVAL = 1.0
 """Seconds between two copies of the counts to the files."""
 
@@ -34,6 +40,7 @@ class Flusher:
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self.values: list[Any] = []
+        self.tally = Tally()
         self.lock = threading.Lock()
         """Held to write the files: while a value is made (which may grow its file) and while copying."""
         self.stopped = threading.Event()
@@ -49,6 +56,7 @@ class Flusher:
 
     def flush(self) -> None:
         with self.lock:
+            self.tally.add_up()
             for value in self.values:
                 value.write()
 
@@ -60,6 +68,8 @@ class Flusher:
         """A forked child has no flusher thread and may hold a copy of a lock taken at the fork: its
         own counting starts afresh (prometheus-client reopens its files for the child's pid)."""
         self.lock = threading.Lock()
+        self.tally.counted.clear()
+        self.tally.observed.clear()
         self.thread = None
         self.pid = os.getpid()
 
@@ -112,6 +122,11 @@ def install(interval: float = FLUSH_INTERVAL) -> None:
 
     values.ValueClass = BufferedValue
     atexit.register(flush)
+
+
+def counts() -> Counts:
+    """How this process counts: on the flusher's tally once :func:`install` took effect, else at once."""
+    return _flusher.tally if _flusher is not None and _flusher.pid == os.getpid() else Direct()
 
 
 def flush() -> None:

@@ -8,7 +8,6 @@ pool and declares only the tick. Importing this module does nothing.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -20,7 +19,6 @@ from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AgeLimit, Retries
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics import MetricWrapperBase
 
 from notifier import channels
 from notifier import settings as settings_module
@@ -112,47 +110,19 @@ class CountGivenUp(dramatiq.Middleware):
             metrics.delivered(metrics.UNKNOWN_CHANNEL, "abandoned")
 
 
-class KeepSeries(dramatiq.Middleware):
-    """Keeps the series Dramatiq's Prometheus middleware looks up by (queue, actor), which it does four
-    times a message, each under the client library's lock: 10 µs a message, where kept it takes 6.
-
-    It sits before that middleware, so that its ``after_process_boot`` runs after the one that makes
-    the families (Dramatiq runs ``after`` hooks in reverse order). It keeps up to :attr:`SIZE` pairs a family:
-    the queues and actors declared, and whatever a skipped message names."""
-
-    SIZE = 128
-
-    def __init__(self, prometheus: dramatiq.Middleware) -> None:
-        self.prometheus = prometheus
-
-    def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        for family in vars(self.prometheus).values():
-            if isinstance(family, MetricWrapperBase):
-                family.labels = functools.lru_cache(maxsize=self.SIZE)(family.labels)  # type: ignore[method-assign]
-
-
-class FlushMetrics(dramatiq.Middleware):
-    """Writes the counts a worker process has not yet copied to its metrics files once its threads
-    have stopped (:mod:`notifier.observability.multiprocess`)."""
-
-    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        multiprocess.flush()
-
-
 def instrument(broker: dramatiq.Broker) -> None:
     """Count this worker process's metrics: Dramatiq's Prometheus middleware (whose exposition server
-    serves every process's, from the multiprocess directory ``notifier worker`` set) and notifier's."""
+    serves every process's, from the multiprocess directory ``notifier worker`` set) and notifier's,
+    both noted on the process's tally (:mod:`notifier.observability.multiprocess`)."""
     # Imported here: the module reads its dramatiq_prom_* variables at import, which `notifier worker`
     # sets before it starts Dramatiq; nothing else needs it.
-    from dramatiq.middleware.prometheus import Prometheus
+    from notifier.worker.prometheus import Prometheus
 
     multiprocess.install()
-    metrics.install("worker", CollectorRegistry())
-    prometheus = Prometheus()
-    broker.add_middleware(prometheus, before=AgeLimit)  # where Dramatiq's default middleware puts it
-    broker.add_middleware(KeepSeries(prometheus), before=Prometheus)
+    counts = multiprocess.counts()
+    metrics.install("worker", CollectorRegistry(), counts)
+    broker.add_middleware(Prometheus(counts), before=AgeLimit)  # where Dramatiq's default middleware puts it
     broker.add_middleware(CountGivenUp(), before=Retries)
-    broker.add_middleware(FlushMetrics())
 
 
 @dataclass(frozen=True)

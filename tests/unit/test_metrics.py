@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from litestar.types import Message, Receive, Scope, Send
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
+from notifier.api.metrics import ADD_UP_AT, RequestMetrics
 from notifier.observability import metrics
+from notifier.observability.tally import Tally
 from tests.scrape import Scrape, parse
 
 
@@ -151,3 +155,51 @@ def test_live_families_leave_out_what_did_not_answer() -> None:
     assert got.value("notifier_backend_up", backend="postgresql") == 0
     assert got.value("notifier_backend_up", backend="redis") == 1
     assert got.types()["notifier_queue_messages"] == "gauge"
+
+
+def test_on_a_tally_the_helpers_count_once_added_up() -> None:
+    fresh = CollectorRegistry()
+    metrics.install("worker", fresh, Tally())
+    try:
+        metrics.delivered("sms", "sent")
+        metrics.sent("sms", 1.5)
+        assert scraped(fresh).value("notifier_deliveries_total", channel="sms", outcome="sent") == 0
+        metrics.add_up()
+        got = scraped(fresh)
+        assert got.value("notifier_deliveries_total", channel="sms", outcome="sent") == 1
+        assert got.value("notifier_delivery_latency_seconds_bucket", channel="sms", le="2.5") == 1
+        assert got.value("notifier_delivery_latency_seconds_bucket", channel="sms", le="1.0") == 0
+    finally:
+        metrics.disable()
+
+
+def test_the_api_adds_its_request_counts_up_before_too_many_wait() -> None:
+    """Unscraped, the API's tally holds fewer than ``ADD_UP_AT`` counts: it cannot grow without bound."""
+    tally = Tally()
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["path_template"] = "/things/{id}"
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    counted = RequestMetrics(route, tally, prefix="notifier_test_api")
+
+    async def requests(n: int) -> None:
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            pass
+
+        for i in range(n):
+            await counted({"type": "http", "method": "POST", "path": f"/things/{i}"}, receive, send)  # type: ignore[arg-type]
+
+    asyncio.run(requests(ADD_UP_AT * 2))
+    assert len(tally) < ADD_UP_AT
+    tally.add_up()
+    labels = {"method": "POST", "path": "/things/{id}", "status_code": "202", "app_name": "notifier"}
+    assert REGISTRY.get_sample_value("notifier_test_api_requests_total", labels) == ADD_UP_AT * 2
+    in_progress = REGISTRY.get_sample_value(
+        "notifier_test_api_requests_in_progress", {"method": "POST", "app_name": "notifier"}
+    )
+    assert in_progress == 0

@@ -27,6 +27,9 @@ counter = Counter("notifier_test", "t", ["outcome"], registry=registry)
 histogram = Histogram("notifier_test_seconds", "t", registry=registry, buckets=(0.1, 1.0))
 gauge = Gauge("notifier_test_inprogress", "t", registry=registry, multiprocess_mode="livesum")
 sent = counter.labels("sent")
+tally = multiprocess.counts()
+tallied = Counter("notifier_tallied", "t", ["outcome"], registry=registry).labels("sent")
+tallied_histogram = Histogram("notifier_tallied_seconds", "t", registry=registry, buckets=(0.1, 1.0))
 
 def count():
     for _ in range(1000):
@@ -34,6 +37,8 @@ def count():
         histogram.observe(0.5)
         gauge.inc()
         gauge.dec()
+        tally.count(tallied, 1)
+        tally.observe(tallied_histogram, 0.5)
 
 threads = [threading.Thread(target=count) for _ in range(32)]
 [t.start() for t in threads]
@@ -70,6 +75,10 @@ def test_counts_from_32_threads_are_exact_on_the_files_after_the_final_flush(tmp
     assert got.value("notifier_test_seconds_bucket", le="1.0") == 32_000
     assert got.value("notifier_test_seconds_bucket", le="0.1") == 0
     assert got.value("notifier_test_inprogress") == 3
+    assert got.value("notifier_tallied_total", outcome="sent") == 32_000
+    assert got.value("notifier_tallied_seconds_count") == 32_000
+    assert got.value("notifier_tallied_seconds_bucket", le="1.0") == 32_000
+    assert got.value("notifier_tallied_seconds_sum") == 16_000
 
 
 def test_the_flusher_copies_the_counts_within_its_interval(tmp_path: Path) -> None:
@@ -78,7 +87,10 @@ def test_the_flusher_copies_the_counts_within_its_interval(tmp_path: Path) -> No
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "counted"
         wait_until(
-            lambda: collected(tmp_path).value("notifier_test_total", outcome="sent") == 32_000,
+            lambda: (
+                collected(tmp_path).value("notifier_test_total", outcome="sent") == 32_000
+                and collected(tmp_path).value("notifier_tallied_total", outcome="sent") == 32_000
+            ),
             10,
             "the flusher to copy the counts",
         )

@@ -1,0 +1,99 @@
+"""Dramatiq's Prometheus middleware as a worker process runs it: its families, its exposition server
+and its counts, with the per-message counts made on the process's tally
+(:mod:`notifier.observability.multiprocess`).
+
+Dramatiq's middleware looks each series up by (queue, actor) four times a message, each time under
+prometheus-client's lock, and counts each message four times: 8 µs of a worker's CPU a message.
+:class:`Prometheus` looks a message's series up once a hook (kept for up to :data:`SIZE` pairs: the
+queues and actors declared, and whatever a skipped message names) and notes the counts on the
+tally, which the process's flusher adds up once a second. It overrides only the two hooks that run for every message
+(``before_process_message``, ``after_process_message`` and its alias ``after_skip_message``) and
+counts in them what Dramatiq's do; ``tests/unit/test_worker_metrics.py`` holds their source to the
+version pinned, so that an upgrade that changes them fails there. The rare hooks (nacks, retries,
+delays) are Dramatiq's.
+
+Importing this module reads Dramatiq's ``dramatiq_prom_*`` variables (as Dramatiq's module does),
+which ``notifier worker`` sets before it starts Dramatiq: import it only where a worker is instrumented.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import dramatiq
+from dramatiq.broker import MessageProxy
+from dramatiq.common import current_millis
+from dramatiq.middleware import prometheus
+
+from notifier.observability import multiprocess
+from notifier.observability.tally import Counts
+
+SIZE = 128
+"""(queue, actor) pairs whose series are kept."""
+
+
+class Kept(NamedTuple):
+    """The series of one (queue, actor) that every message counts on."""
+
+    inprogress: Any
+    durations: Any
+    total: Any
+    errored: Any
+
+
+class Prometheus(prometheus.Prometheus):
+    """Dramatiq's Prometheus middleware, counting every message on ``counts``."""
+
+    def __init__(self, counts: Counts) -> None:
+        super().__init__()
+        self.count = counts.count
+        self.observe = counts.observe
+        self.kept: dict[tuple[str, str], Kept] = {}
+
+    def series(self, message: MessageProxy) -> Kept:
+        """The series of ``message``'s queue and actor."""
+        key = (message.queue_name, message.actor_name)
+        found = self.kept.get(key)
+        if found is None:
+            found = Kept(
+                self.inprogress_messages.labels(*key),
+                self.message_durations.labels(*key),
+                self.total_messages.labels(*key),
+                self.total_errored_messages.labels(*key),
+            )
+            if len(self.kept) < SIZE:
+                self.kept[key] = found
+        return found
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        message_id = message.message_id
+        if message_id in self.delayed_messages:
+            self.delayed_messages.remove(message_id)
+            self.count(self.inprogress_delayed_messages.labels(message.queue_name, message.actor_name), -1)
+        self.count(self.series(message).inprogress, 1)
+        self.message_start_times[message_id] = current_millis()
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        kept = self.series(message)
+        started = self.message_start_times.pop(message.message_id, None)
+        now = current_millis()
+        self.observe(kept.durations, now - (now if started is None else started))
+        self.count(kept.inprogress, -1)
+        self.count(kept.total, 1)
+        if exception is not None:
+            self.count(kept.errored, 1)
+
+    after_skip_message = after_process_message
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Write what the process has not yet copied to its files, its threads stopped, before
+        Dramatiq marks the process dead (which removes its live gauges' file)."""
+        multiprocess.flush()
+        super().after_worker_shutdown(broker, worker)  # type: ignore[no-untyped-call]
