@@ -1,16 +1,17 @@
 """Dramatiq's Prometheus middleware as a worker process runs it: its families, its exposition server
-and its counts, with the per-message counts made on the process's tally
-(:mod:`notifier.observability.multiprocess`).
+and its counts, with the per-message counts noted on the process's tally
+(:mod:`notifier.observability.tally`, added up by :mod:`notifier.observability.multiprocess`).
 
 Dramatiq's middleware looks each series up by (queue, actor) four times a message, each time under
 prometheus-client's lock, and counts each message four times: 8 µs of a worker's CPU a message.
 :class:`Prometheus` looks a message's series up once a hook (kept for up to :data:`SIZE` pairs: the
 queues and actors declared, and whatever a skipped message names) and notes the counts on the
-tally, which the process's flusher adds up once a second. It overrides only the two hooks that run for every message
-(``before_process_message``, ``after_process_message`` and its alias ``after_skip_message``) and
-counts in them what Dramatiq's do; ``tests/unit/test_worker_metrics.py`` holds their source to the
-version pinned, so that an upgrade that changes them fails there. The rare hooks (nacks, retries,
-delays) are Dramatiq's.
+tally, which the process's flusher adds up once a second. It overrides the two hooks that run for
+every message (``before_process_message``, ``after_process_message`` and its alias
+``after_skip_message``), counting in them what Dramatiq's do, and ``after_worker_shutdown``, to
+write the last counts before Dramatiq marks the process dead; ``tests/unit/test_worker_metrics.py``
+holds the source of Dramatiq's three to the version pinned, so that an upgrade that changes them
+fails there. The rare hooks (nacks, retries, delays) are Dramatiq's.
 
 Importing this module reads Dramatiq's ``dramatiq_prom_*`` variables (as Dramatiq's module does),
 which ``notifier worker`` sets before it starts Dramatiq: import it only where a worker is instrumented.
