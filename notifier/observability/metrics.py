@@ -76,7 +76,7 @@ class Families:
 
     def __init__(self, registry: CollectorRegistry, process: Process, counts: Counts) -> None:
         self.counts = counts
-        """How the helpers count: at once, or on a worker process's tally (:mod:`.multiprocess`)."""
+        """How the helpers count: at once, or on a tally (:mod:`.tally`) added up later."""
         self.accepted = Counter(
             "notifier_notifications_accepted",
             "Notifications stored for delivery, by channel and by what created them (api: POST /notify, batch:"
@@ -163,7 +163,8 @@ class Families:
         self._start_at_zero(process)
 
     def _start_at_zero(self, process: Process) -> None:
-        """Create, at 0, every series ``process`` counts (see the module's docstring)."""
+        """Create, at 0, every series ``process`` counts (see the module's docstring): looking a
+        series up in its :class:`Series` makes it."""
         channels = [channel.value for channel in Channel]
         if process == "api":
             for channel in channels:

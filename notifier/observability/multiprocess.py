@@ -68,8 +68,7 @@ class Flusher:
         """A forked child has no flusher thread and may hold a copy of a lock taken at the fork: its
         own counting starts afresh (prometheus-client reopens its files for the child's pid)."""
         self.lock = threading.Lock()
-        self.tally.counted.clear()
-        self.tally.observed.clear()
+        self.tally.clear()
         self.thread = None
         self.pid = os.getpid()
 

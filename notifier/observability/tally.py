@@ -60,6 +60,11 @@ class Tally:
     def observe(self, series: Histogram, amount: float) -> None:
         self.observed.append((series, amount))
 
+    def clear(self) -> None:
+        """Forget what was noted and not added up (a forked child's copy of its parent's counts)."""
+        self.counted.clear()
+        self.observed.clear()
+
     def add_up(self) -> None:
         """Add what was noted so far to the series; what is noted meanwhile waits for the next call."""
         counted, observed = self.counted, self.observed

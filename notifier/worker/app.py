@@ -113,7 +113,7 @@ class CountGivenUp(dramatiq.Middleware):
 def instrument(broker: dramatiq.Broker) -> None:
     """Count this worker process's metrics: Dramatiq's Prometheus middleware (whose exposition server
     serves every process's, from the multiprocess directory ``notifier worker`` set) and notifier's,
-    both noted on the process's tally (:mod:`notifier.observability.multiprocess`)."""
+    both noted on the process's tally (:mod:`notifier.observability.tally`)."""
     # Imported here: the module reads its dramatiq_prom_* variables at import, which `notifier worker`
     # sets before it starts Dramatiq; nothing else needs it.
     from notifier.worker.prometheus import Prometheus
