@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 from notifier.api.errors import problems
 from notifier.api.health import PUBLIC
 from notifier.observability import metrics
-from notifier.observability.tally import Counts, Tally
+from notifier.observability.tally import Counts
 from notifier.services.notifications import Notifications
 
 logger = logging.getLogger("notifier.api.metrics")
@@ -45,8 +45,6 @@ QueueReader = Callable[[redis.asyncio.Redis, str], Awaitable[tuple[dict[str, met
 (:func:`notifier.worker.broker.queue_depths`)."""
 
 
-ADD_UP_AT = 1024
-"""Counts waiting on the API's tally that make the next request add them up (a fraction of a millisecond)."""
 APP_NAME = "notifier"
 PREFIX = "notifier_api"
 
@@ -63,7 +61,7 @@ class RequestMetrics:
     one routing left in the scope; a request no route matched is not counted (a raw path is never a
     label), nor are scrapes of ``/metrics``. Refused requests (401, 413, 422) are counted, under
     their route. Its counts are noted on the API's tally (:mod:`notifier.observability.tally`),
-    added up at each scrape and whenever :data:`ADD_UP_AT` are waiting.
+    added up at each scrape.
     """
 
     _families: ClassVar[dict[str, tuple[Counter, Histogram, Gauge, Counter]]] = {}
@@ -84,7 +82,6 @@ class RequestMetrics:
         self._name = app_name
         self._count = counts.count
         self._observe = counts.observe
-        self._tally = counts if isinstance(counts, Tally) else None
 
     def _new_series(self, method: str, path: str, status: int) -> tuple[Counter, Histogram, Counter | None]:
         labels = (method, path, str(status), self._name)
@@ -130,8 +127,6 @@ class RequestMetrics:
                 self._observe(durations, time.perf_counter() - started)
                 if errors is not None:
                     count(errors, 1)
-            if self._tally is not None and len(self._tally) >= ADD_UP_AT:
-                self._tally.add_up()
 
 
 def count_requests(app: Litestar, counts: Counts) -> None:

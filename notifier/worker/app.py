@@ -12,12 +12,11 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import AgeLimit, Retries
+from dramatiq.middleware import AgeLimit
 from prometheus_client import CollectorRegistry
 
 from notifier import channels
@@ -93,21 +92,12 @@ class OpenOnBoot(dramatiq.Middleware):
             logger.warning("could not open the database pool at boot", extra={"error": repr(exc)})
 
 
-class CountGivenUp(dramatiq.Middleware):
+def count_given_up(message: MessageProxy) -> None:
     """Counts a delivery message Dramatiq gave up on (its infrastructure retries spent, PostgreSQL
-    away for long) as ``abandoned``. It sits before ``Retries``, so that its ``after`` hook runs after
-    Retries has decided (Dramatiq runs those hooks in reverse order)."""
-
-    def after_process_message(
-        self,
-        broker: dramatiq.Broker,
-        message: MessageProxy,
-        *,
-        result: Any | None = None,
-        exception: BaseException | None = None,
-    ) -> None:
-        if exception is not None and message.failed and message.actor_name == DELIVER_ACTOR:
-            metrics.delivered(metrics.UNKNOWN_CHANNEL, "abandoned")
+    away for long) as ``abandoned``. The worker's Prometheus middleware calls it for every message
+    failed for good, after Dramatiq's Retries middleware has decided."""
+    if message.actor_name == DELIVER_ACTOR:
+        metrics.delivered(metrics.UNKNOWN_CHANNEL, "abandoned")
 
 
 def instrument(broker: dramatiq.Broker) -> None:
@@ -121,8 +111,8 @@ def instrument(broker: dramatiq.Broker) -> None:
     multiprocess.install()
     counts = multiprocess.counts()
     metrics.install("worker", CollectorRegistry(), counts)
-    broker.add_middleware(Prometheus(counts), before=AgeLimit)  # where Dramatiq's default middleware puts it
-    broker.add_middleware(CountGivenUp(), before=Retries)
+    # Where Dramatiq's default middleware puts it: its after hooks run after Retries' have decided.
+    broker.add_middleware(Prometheus(counts, given_up=count_given_up), before=AgeLimit)
 
 
 @dataclass(frozen=True)

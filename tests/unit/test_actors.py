@@ -287,12 +287,17 @@ def test_importing_the_worker_modules_needs_no_settings_and_does_no_io(tmp_path:
     assert json.loads(result.stdout) == {"io": [], "global_broker": False, "logging_configured": False}
 
 
-def test_a_message_dramatiq_gives_up_on_counts_as_abandoned(settings: Settings) -> None:
+def test_a_message_dramatiq_gives_up_on_counts_as_abandoned(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """PostgreSQL away past every infrastructure retry: no attempt was made, and the metric says so."""
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):  # set by Dramatiq's middleware at boot
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     real = build(settings)
     broker = StubBroker(middleware=real.middleware)
     real.close()
-    broker.add_middleware(app.CountGivenUp(), before=dramatiq.middleware.Retries)
+    app.instrument(broker)  # outside multiprocess mode: counting at once
     broker.emit_after("process_boot")
 
     def unreachable() -> delivery_store.Pool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from notifier.observability import metrics
@@ -37,3 +39,37 @@ def test_a_tally_adds_up_to_what_counting_at_once_gives() -> None:
         exposed.append("\n".join(line for line in exposition if "_created" not in line))
     assert exposed[1] == exposed[0]
     assert parse(exposed[0]).value("notifier_test_seconds_bucket", channel="log", le="0.005") == 3
+
+
+def test_threads_counting_while_it_adds_up_are_counted_exactly() -> None:
+    """Each thread notes on its own shard while another adds up, again and again: nothing is lost or
+    counted twice, and a shard whose thread has ended is dropped once added up."""
+    registry = CollectorRegistry()
+    counter = Counter("notifier_test", "t", registry=registry)
+    gauge = Gauge("notifier_test_inprogress", "t", registry=registry)
+    histogram = Histogram("notifier_test_seconds", "t", registry=registry, buckets=(0.1, 1.0))
+    tally = Tally()
+    go = threading.Event()
+
+    def count() -> None:
+        go.wait()
+        for _ in range(5000):
+            tally.count(gauge, 1)
+            tally.count(counter, 1)
+            tally.observe(histogram, 0.5)
+            tally.count(gauge, -1)
+
+    threads = [threading.Thread(target=count) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    go.set()
+    while any(thread.is_alive() for thread in threads):
+        tally.add_up()
+    tally.add_up()
+    got = parse(generate_latest(registry).decode())
+    assert got.value("notifier_test_total") == 40_000
+    assert got.value("notifier_test_inprogress") == 0
+    assert got.value("notifier_test_seconds_bucket", le="1.0") == 40_000
+    assert got.value("notifier_test_seconds_bucket", le="0.1") == 0
+    assert got.value("notifier_test_seconds_sum") == 20_000
+    assert tally.held() == 0
