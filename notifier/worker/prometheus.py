@@ -11,9 +11,9 @@ once a second. It overrides the two hooks that run for every message (``before_p
 ``after_process_message`` and its alias ``after_skip_message``), counting in them what Dramatiq's
 do (and handing a message failed for good to ``given_up``, which saves the worker a middleware of
 its own on every message's hooks), and ``after_worker_shutdown``, to write the last counts before
-Dramatiq marks the process dead; ``tests/unit/test_worker_metrics.py``
-holds the source of Dramatiq's three to the version pinned, so that an upgrade that changes them
-fails there. The rare hooks (nacks, retries, delays) are Dramatiq's.
+Dramatiq marks the process dead; ``tests/unit/test_worker_metrics.py`` holds the source of
+Dramatiq's three to the version pinned, so that an upgrade that changes them fails there. The rare
+hooks (nacks, retries, delays) are Dramatiq's.
 
 Importing this module reads Dramatiq's ``dramatiq_prom_*`` variables (as Dramatiq's module does),
 which ``notifier worker`` sets before it starts Dramatiq: import it only where a worker is instrumented.

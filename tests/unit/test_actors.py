@@ -291,7 +291,9 @@ def test_a_message_dramatiq_gives_up_on_counts_as_abandoned(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """PostgreSQL away past every infrastructure retry: no attempt was made, and the metric says so."""
-    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):  # set by Dramatiq's middleware at boot
+    # Dramatiq's middleware sets these at boot. Set and deleted here, each is recorded as absent, and
+    # deleted again after the test (a delenv alone records nothing when the variable is absent).
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     real = build(settings)
